@@ -1,0 +1,148 @@
+"""Batched augmentation on the training device: uint8 32x32 in, normalized model-size floats out.
+
+Pixel ops (crop, flip, RandAugment) run on the uint8 32x32 batch; colour jitter, resize,
+normalization, random erasing and Mixup/CutMix run on float batches. Randomness comes from the
+process's global RNGs, which the loop seeds differently on every process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .recipes import Augment
+
+RANDAUGMENT_GROUP = 8  # images sharing one draw of RandAugment ops; smaller = more diverse, slower
+
+# Test-time views: (horizontal flip, shift right px, shift down px). The first N are used.
+TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
+    (False, 0, 0), (True, 0, 0), (False, 2, 2), (True, -2, -2), (False, -2, 2),
+    (True, 2, -2), (False, 2, -2), (True, -2, 2),
+)
+
+
+def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int) -> torch.Tensor:
+    """Shift each image by its own (dx, dy) in [-padding, padding], filling with zeros."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    rows = (padding - dy).view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = (padding - dx).view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chan, rows, cols]
+
+
+def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
+    """RandomCrop(32, padding) for a whole batch in one gather."""
+    n = x.shape[0]
+    dx = torch.randint(-padding, padding + 1, (n,), device=x.device)
+    dy = torch.randint(-padding, padding + 1, (n,), device=x.device)
+    return translate(x, dx, dy, padding)
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
+    """torchvision's RandAugment, with a fresh draw of ops for every group of images."""
+    from torchvision.transforms import v2
+
+    policy = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+    return torch.cat([policy(group) for group in x.split(RANDAUGMENT_GROUP)])
+
+
+def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness, contrast and saturation, each a per-image factor in [1-s, 1+s]; x in [0, 1]."""
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return torch.empty(n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength)
+
+    x = x * factor()
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * factor() + gray.mean(dim=(2, 3), keepdim=True)
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray) * factor() + gray
+    return x.clamp_(0, 1)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """uint8 or [0,1] float batch -> resized, normalized float batch for the model."""
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channels_last: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if x.shape[-1] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
+                              align_corners=False, antialias=False)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class TrainAugment:
+    """The training policy of a recipe, applied to a uint8 batch already on the device."""
+
+    def __init__(self, policy: Augment, normalize: Normalizer, label_smoothing: float,
+                 num_classes: int, device: torch.device):
+        self.policy = policy
+        self.normalize = normalize
+        self.erasing = None
+        if policy.random_erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+            self.erasing = RandomErasing(probability=policy.random_erasing, mode="pixel",
+                                         device=str(device))
+        self.mixup = None
+        if policy.mixup_alpha > 0 or policy.cutmix_alpha > 0:
+            from timm.data import Mixup
+            self.mixup = Mixup(mixup_alpha=policy.mixup_alpha, cutmix_alpha=policy.cutmix_alpha,
+                               switch_prob=0.5, mode="batch", label_smoothing=label_smoothing,
+                               num_classes=num_classes)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, mix: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (inputs, targets); targets are soft (N, C) when Mixup/CutMix ran, else labels."""
+        p = self.policy
+        x = images
+        if p.crop_padding:
+            x = random_crop(x, p.crop_padding)
+        if p.flip:
+            x = random_flip(x)
+        if p.randaugment_ops:
+            x = randaugment(x, p.randaugment_ops, p.randaugment_magnitude)
+        x = x.float().div_(255)
+        if p.color_jitter:
+            x = color_jitter(x, p.color_jitter)
+        x = self.normalize(x)
+        if self.erasing is not None:
+            x = self.erasing(x)
+        if mix and self.mixup is not None:
+            return self.mixup(x, labels)
+        return x, labels
+
+
+def tta_views(images: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """The first `count` deterministic views of a uint8 batch (identity first)."""
+    if not 1 <= count <= len(TTA_VIEWS):
+        from .errors import UserError
+        raise UserError(f"--tta {count}: choose 1 to {len(TTA_VIEWS)} views")
+    views = []
+    n = images.shape[0]
+    for flip, dx, dy in TTA_VIEWS[:count]:
+        x = images.flip(3) if flip else images
+        if dx or dy:
+            shift = max(abs(dx), abs(dy))
+            x = translate(x, torch.full((n,), dx, device=x.device),
+                          torch.full((n,), dy, device=x.device), shift)
+        views.append(x)
+    return views

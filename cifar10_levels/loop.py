@@ -1,0 +1,227 @@
+"""Train and evaluate with Accelerate: a plain PyTorch loop, phase by phase."""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .augment import Normalizer, TrainAugment, tta_views
+from .errors import UserError
+from .recipes import Phase, Recipe
+
+LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
+STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
+SLOW_RUN_SECONDS = 2 * 3600
+
+
+class Diverged(UserError):
+    """Losses stayed non-finite: stop, keep the best checkpoint so far."""
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived: state was saved, the run can be resumed."""
+
+
+@dataclass
+class RunOptions:
+    """Everything about a run that is not the recipe."""
+
+    output_dir: Path = Path("ckpts")
+    dataset: str | None = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    pretrained_file: str | None = None
+    resume: bool = False
+    mixed_precision: str | None = None     # None: fp16 on CUDA, bf16/no on CPU as the recipe says
+    grad_accum: int = 1
+    lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)
+    compile: bool = False
+    channels_last: bool | None = None      # None: on for CUDA
+    max_nonfinite: int = 20                # consecutive non-finite losses before stopping
+    report_to: str = "wandb"
+    wandb_project: str = "cifar10-levels"
+    wandb_entity: str | None = None
+    run_name: str | None = None
+    log_checkpoint: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved beside Accelerate's state so --resume continues it."""
+
+    phase: int = 0
+    epoch: int = 0                # epoch within the phase
+    step: int = 0                 # batches done within that epoch
+    global_step: int = 0
+    epochs_done: int = 0
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+    nonfinite: int = 0
+    train_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float
+    probs: torch.Tensor           # (N, C) mean softmax over the views, every sample once
+    labels: torch.Tensor
+    plain_acc: float              # the identity view alone
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.probs.argmax(1)
+
+
+def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> float:
+    return lr * global_batch / recipe.batch_size if scaling == "linear" else lr
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
+        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    """Per-step cosine (or linear) decay within a phase, after an optional linear warmup."""
+    warmup = min(recipe.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def dominant_label(targets: torch.Tensor) -> torch.Tensor:
+    return targets.argmax(1) if targets.ndim == 2 else targets
+
+
+@torch.inference_mode()
+def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: int = 1) -> EvalResult:
+    """Mean softmax over `tta` views; every sample counted exactly once across processes."""
+    model.eval()
+    probs, labels, plain_logits = [], [], []
+    for images, target in loader:
+        views = tta_views(images, max(tta, 1))
+        logits = [model(normalize(v)).float() for v in views]
+        mean = torch.stack([lg.softmax(1) for lg in logits]).mean(0)
+        p, lg, t = accelerator.gather_for_metrics((mean, logits[0], target))
+        probs.append(p.cpu()), plain_logits.append(lg.cpu()), labels.append(t.cpu())
+    probs_t, labels_t, plain_t = torch.cat(probs), torch.cat(labels), torch.cat(plain_logits)
+    loss = nn.functional.cross_entropy(plain_t, labels_t).item()
+    return EvalResult(loss=loss, acc=(probs_t.argmax(1) == labels_t).float().mean().item(),
+                      probs=probs_t, labels=labels_t,
+                      plain_acc=(plain_t.argmax(1) == labels_t).float().mean().item())
+
+
+def default_precision(recipe: Recipe) -> str:
+    if torch.cuda.is_available():
+        return "fp16"
+    bf16_ok = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if recipe.optimizer == "fast" and bf16_ok else "no"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set Accelerate's trigger; every process sees it at the next check."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.accelerator.set_trigger()
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self) -> bool:
+        return self.accelerator.check_trigger()
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+
+def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
+    """One pass over the (sharded) training loader. `run` is a Trainer holding the parts."""
+    acc_ = run.accelerator
+    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
+    mixing = phase.mix and run.augment.mixup is not None
+    loss_fn = run.soft_loss if mixing else run.hard_loss
+    device = acc_.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    state = run.state
+    bar = run.progress_bar(len(loader) + skip, initial=skip, desc=f"{phase.name} ep {state.epoch + 1}")
+    for i, (images, labels) in enumerate(loader, start=skip):
+        with acc_.accumulate(model):
+            x, targets = run.augment(images, labels, mixing)
+            logits = model(x)
+            loss = loss_fn(logits.float(), targets)
+            if not torch.isfinite(loss):
+                state.nonfinite += 1
+                run.check_divergence(phase, loss)
+            else:
+                state.nonfinite = 0
+            acc_.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        n = labels.shape[0]
+        seen += n
+        loss_sum += loss.detach() * n
+        correct += (logits.argmax(1) == dominant_label(targets)).sum()
+        state.step = i + 1
+        state.global_step += 1
+        if bar is not None:
+            bar.update(1)
+        if state.global_step % LOG_EVERY == 0:
+            elapsed = time.perf_counter() - start
+            run.log_step(loss.item(), scheduler.get_last_lr()[0], seen * acc_.num_processes / elapsed)
+        if i == skip + 10:
+            run.warn_if_slow((time.perf_counter() - start) / 11)
+        if state.global_step % STOP_CHECK_EVERY == 0 and run.stop.requested():
+            run.save_state()
+            raise Stopped
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - start
+    totals = acc_.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
+                         reduction="sum")
+    total_seen = max(totals[2].item(), 1.0)
+    return EpochStats(loss=totals[0].item() / total_seen, acc=totals[1].item() / total_seen,
+                      images=int(total_seen), seconds=seconds)
+
+
+def result_dict(state: TrainState) -> dict:
+    return asdict(state)

@@ -1,0 +1,92 @@
+"""timm models: creation (pretrained from the Hub or a local safetensors file) and freezing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .hub import go_offline, hub_reachable
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickle(path: str | Path, flag: str) -> None:
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+        raise UserError(
+            f"{flag} {path}: pickle files are refused (loading one can run code); convert it once, "
+            "where you trust it, with: python -c \"import torch,safetensors.torch as s; "
+            f"s.save_file(torch.load('{path}', weights_only=True), 'model.safetensors')\"")
+
+
+def known_arch(arch: str) -> bool:
+    import timm
+
+    from . import speednet  # noqa: F401  registers our own models with timm
+    return timm.is_model(arch)
+
+
+def create_model(arch: str, num_classes: int, pretrained: bool = False,
+                 pretrained_file: str | None = None) -> nn.Module:
+    import timm
+
+    if not known_arch(arch):
+        raise UserError(f"--arch {arch}: timm has no such model; see timm.list_models()")
+    if pretrained_file:
+        from .checkpoint import check_safetensors_file
+        refuse_pickle(pretrained_file, "--pretrained-file")
+        check_safetensors_file(pretrained_file, "--pretrained-file")
+        try:
+            return timm.create_model(arch, pretrained=True, num_classes=num_classes,
+                                     pretrained_cfg_overlay=dict(file=str(pretrained_file)))
+        except (RuntimeError, KeyError) as err:
+            raise UserError(f"--pretrained-file {pretrained_file}: weights do not fit {arch} "
+                            f"({str(err).splitlines()[0][:160]})") from None
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    if not hub_reachable():
+        go_offline()  # cached weights still load; otherwise fail in seconds
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=num_classes)
+    except Exception as err:
+        raise UserError(f"cannot get pretrained weights for {arch} ({type(err).__name__}); pass "
+                        "--no-pretrained, or --pretrained-file FILE.safetensors with local weights"
+                        ) from None
+
+
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    head = model.get_classifier()
+    return list(head.parameters())
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Phase 1 freezes everything but timm's classifier; phase 2 trains all."""
+    model.requires_grad_(trainable)
+    for p in classifier_parameters(model):
+        p.requires_grad_(True)
+
+
+def set_train_mode(model: nn.Module, backbone_trainable: bool) -> None:
+    """A frozen backbone stays in eval mode so BatchNorm running statistics do not move."""
+    if backbone_trainable:
+        model.train()
+    else:
+        model.eval()
+        model.get_classifier().train()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without DDP's `module.` or torch.compile's `_orig_mod.` prefixes."""
+    state = model.state_dict()
+    clean = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        clean[key.replace("._orig_mod.", ".")] = value.detach().contiguous()
+    return clean

@@ -1,0 +1,101 @@
+"""The level recipes as data: one frozen dataclass per level (numbers from RECIPES.md)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation policy. Pixel ops run on uint8 32x32 batches, the rest after resize."""
+
+    crop_padding: int = 4          # random crop 32 with this padding (0 = off)
+    flip: bool = True
+    color_jitter: float = 0.2      # brightness, contrast, saturation strength (0 = off)
+    randaugment_ops: int = 0       # RandAugment number of ops (0 = off)
+    randaugment_magnitude: int = 9
+    random_erasing: float = 0.0    # probability, applied after normalization
+    mixup_alpha: float = 0.0       # Mixup/CutMix only in phases with mix=True
+    cutmix_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    lr: float
+    train_backbone: bool           # False = backbone frozen, head only
+    mix: bool = False              # Mixup/CutMix active in this phase
+
+
+@dataclass(frozen=True)
+class Recipe:
+    level: str
+    title: str
+    arch: str
+    img_size: int
+    phases: tuple[Phase, ...]
+    augment: Augment = field(default_factory=Augment)
+    label_smoothing: float = 0.0
+    tta: int = 0                   # test-time augmentation views (0/1 = plain only)
+    batch_size: int = 128          # per device
+    weight_decay: float = 0.01
+    optimizer: str = "adamw"       # adamw | fast (Muon for conv filters + Nesterov SGD)
+    schedule: str = "cosine"       # cosine | linear (decay to 0 within each phase)
+    warmup_steps: int = 0
+    pretrained: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    seed: int = 42
+    target: str = ""               # the write-up's accuracy target, for reports
+
+    def with_overrides(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _two_phases(p2_epochs: int, p2_lr: float, mix: bool = False) -> tuple[Phase, ...]:
+    return (
+        Phase("head", epochs=5, lr=1e-3, train_backbone=False),
+        Phase("full", epochs=p2_epochs, lr=p2_lr, train_backbone=True, mix=mix),
+    )
+
+
+_ADVANCED = Augment(randaugment_ops=2, randaugment_magnitude=9, random_erasing=0.25,
+                    mixup_alpha=1.0, cutmix_alpha=1.0)
+
+LEVELS: dict[str, Recipe] = {
+    "1": Recipe(level="1", title="baseline transfer", arch="resnet50", img_size=128,
+                phases=_two_phases(15, 1e-4), target=">= 85%"),
+    "2": Recipe(level="2", title="advanced augmentation", arch="resnet50", img_size=128,
+                phases=_two_phases(20, 1e-4, mix=True), augment=_ADVANCED,
+                label_smoothing=0.1, tta=5, target=">= 90%"),
+    "3": Recipe(level="3", title="other architecture", arch="efficientnet_b2", img_size=144,
+                phases=_two_phases(20, 5e-5),
+                augment=Augment(randaugment_ops=2, randaugment_magnitude=9),
+                label_smoothing=0.1, target=">= 91-93%"),
+    "4": Recipe(level="4", title="third model + ensemble", arch="convnext_tiny", img_size=128,
+                phases=_two_phases(20, 1e-4, mix=True), augment=_ADVANCED,
+                label_smoothing=0.1, tta=5, target=">= 93-97%"),
+    "fast": Recipe(level="fast", title="fast CPU recipe", arch="cifar_speednet", img_size=32,
+                   phases=(Phase("full", epochs=10, lr=0.2, train_backbone=True),),
+                   augment=Augment(crop_padding=2, flip=True, color_jitter=0.0),
+                   label_smoothing=0.2, tta=3, batch_size=1000, weight_decay=5e-4,
+                   optimizer="fast", schedule="linear", warmup_steps=0, pretrained=False,
+                   mean=CIFAR10_MEAN, std=CIFAR10_STD, target=">= 89.5% in 10 min on 2 CPU cores"),
+}
+
+
+def get_recipe(level: str) -> Recipe:
+    from .errors import UserError
+
+    if str(level) not in LEVELS:
+        raise UserError(f"--level {level}: unknown level; choose one of {', '.join(LEVELS)}")
+    return LEVELS[str(level)]

@@ -1,0 +1,339 @@
+"""A whole run: data, model, phases, checkpoints, resume, final test evaluation."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .augment import Normalizer, TrainAugment
+from .checkpoint import CheckpointMeta, save_checkpoint
+from .data import CIFAR10, load_cifar10, make_loader
+from .errors import UserError
+from .files import ensure_writable_dir, write_json
+from .loop import (Diverged, EvalResult, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
+                   build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
+                   train_one_epoch)
+from .models import (count_parameters, create_model, set_backbone_trainable, set_train_mode,
+                     unwrapped_state_dict)
+from .recipes import Phase, Recipe
+
+STATE_DIR = "state"
+
+
+def run_dir_for(recipe: Recipe, opts: RunOptions) -> Path:
+    return Path(opts.output_dir) / f"L{recipe.level}-{recipe.arch}"
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap a finished directory into place; a kill leaves `target` or `target.old` intact."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def find_state_dir(run_dir: Path) -> Path | None:
+    for candidate in (run_dir / STATE_DIR, run_dir / (STATE_DIR + ".old")):
+        if (candidate / "train_state.json").exists():
+            return candidate
+    return None
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, opts: RunOptions):
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, set_seed
+
+        self.recipe, self.opts = recipe, opts
+        self.run_dir = run_dir_for(recipe, opts)
+        precision = opts.mixed_precision or default_precision(recipe)
+        self.accelerator = Accelerator(
+            mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            log_with=None)
+        acc = self.accelerator
+        if acc.is_main_process:
+            ensure_writable_dir(self.run_dir)
+        acc.wait_for_everyone()
+        self.state_dir = find_state_dir(self.run_dir)
+        if opts.resume and self.state_dir is None:
+            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state); "
+                            "start without --resume")
+
+        self.data: CIFAR10 = load_cifar10(opts.dataset, opts.train_limit, opts.eval_limit)
+        self.global_batch = recipe.batch_size * acc.num_processes * opts.grad_accum
+        if len(self.data.train) < recipe.batch_size * acc.num_processes:
+            raise UserError(f"--batch-size {recipe.batch_size}: larger than the {len(self.data.train)} "
+                            f"training images split over {acc.num_processes} process(es); lower it")
+
+        set_seed(recipe.seed)  # the same initial weights on every process and world size
+        model = create_model(recipe.arch, len(self.data.class_names), recipe.pretrained,
+                             opts.pretrained_file)
+        if hasattr(model, "init_from_data"):
+            model.init_from_data(self.data.train.images)
+        self.channels_last = acc.device.type == "cuda" if opts.channels_last is None \
+            else opts.channels_last
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model: nn.Module = model
+        self.base_model = model
+        self.num_params = count_parameters(model)
+        set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
+
+        self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last)
+        self.augment = TrainAugment(recipe.augment, self.normalize, recipe.label_smoothing,
+                                    len(self.data.class_names), acc.device)
+        self.hard_loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        from timm.loss import SoftTargetCrossEntropy
+        self.soft_loss = SoftTargetCrossEntropy()
+        eval_batch = max(recipe.batch_size, 256)
+        self.train_loader = make_loader(self.data.train, recipe.batch_size, True, recipe.seed)
+        self.val_loader = make_loader(self.data.val, eval_batch, False, recipe.seed)
+        self.test_loader = make_loader(self.data.test, eval_batch, False, recipe.seed)
+        self.state = TrainState()
+        self.stop = StopFlag(acc)
+        self.optimizer = self.scheduler = None
+        self.prepared_val = None
+        self.slow_warned = False
+
+        from .tracking import RunLog
+        self.log = RunLog(self)
+
+    # ---- printing -------------------------------------------------------------------------
+    def print(self, *args) -> None:
+        self.accelerator.print(*args, flush=True)
+
+    def progress_bar(self, total: int, initial: int, desc: str):
+        if not (self.opts.progress and self.accelerator.is_local_main_process):
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True,
+                    file=sys.stderr)
+
+    def warn_if_slow(self, seconds_per_step: float) -> None:
+        if self.slow_warned:
+            return
+        self.slow_warned = True
+        steps = sum(p.epochs for p in self.recipe.phases) * len(self.train_loader) \
+            // self.accelerator.num_processes
+        estimate = seconds_per_step * steps
+        if estimate > 2 * 3600:
+            self.print(f"warning: this recipe will take about {format_duration(estimate)} on "
+                       f"{self.device_name()}; for a quick run try --level fast, or "
+                       "--arch resnet18 --img-size 32 --no-pretrained --epochs 0 3")
+
+    def device_name(self) -> str:
+        device = self.accelerator.device
+        if device.type == "cuda":
+            return f"{self.accelerator.num_processes} x {torch.cuda.get_device_name(device)}"
+        return f"{self.accelerator.num_processes} CPU process(es), {torch.get_num_threads()} threads each"
+
+    def log_step(self, loss: float, lr: float, images_per_s: float) -> None:
+        self.log.step({"train/step_loss": loss, "train/lr": lr, "train/images_per_s": images_per_s},
+                      self.state.global_step)
+
+    def check_divergence(self, phase: Phase, loss: torch.Tensor) -> None:
+        if self.state.nonfinite >= self.opts.max_nonfinite:
+            raise Diverged(
+                f"loss was non-finite ({loss.item()}) for {self.state.nonfinite} steps in a row, up to "
+                f"step {self.state.global_step} in phase '{phase.name}'; best checkpoint kept in "
+                f"{self.run_dir}; try --mixed-precision bf16 (where supported) or no, or a lower --lr")
+
+    # ---- state ----------------------------------------------------------------------------
+    def save_state(self) -> None:
+        acc = self.accelerator
+        tmp = self.run_dir / (STATE_DIR + ".tmp")
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_json(tmp / "train_state.json", asdict(self.state))
+            replace_dir(tmp, self.run_dir / STATE_DIR)
+        acc.wait_for_everyone()
+
+    def load_state(self) -> None:
+        saved = json.loads((self.state_dir / "train_state.json").read_text())
+        self.state = TrainState(**saved)
+
+    def meta(self, epoch: int, val_acc: float, test_acc: float | None = None) -> CheckpointMeta:
+        r = self.recipe
+        return CheckpointMeta(arch=r.arch, level=r.level, img_size=r.img_size,
+                              num_classes=len(self.data.class_names),
+                              class_names=self.data.class_names, mean=list(r.mean), std=list(r.std),
+                              seed=r.seed, epoch=epoch, val_acc=val_acc, test_acc=test_acc,
+                              recipe=r.to_dict())
+
+    def save_checkpoint(self, name: str, meta: CheckpointMeta) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run_dir / f"{name}.safetensors",
+                            unwrapped_state_dict(self.accelerator.unwrap_model(self.model)), meta)
+
+    # ---- the run --------------------------------------------------------------------------
+    def prepare_phase(self, phase: Phase) -> None:
+        acc = self.accelerator
+        set_backbone_trainable(self.base_model, phase.train_backbone)
+        lr = scaled_lr(phase.lr, self.recipe, self.global_batch // self.opts.grad_accum,
+                       self.opts.lr_scaling)
+        optimizer = build_optimizer(self.base_model, self.recipe, lr)
+        total = phase.epochs * len(self.train_loader) // self.opts.grad_accum
+        scheduler = build_scheduler(optimizer, self.recipe, total)
+        acc.free_memory()  # forget the previous phase's wrappers so save_state holds this one
+        model = self.base_model
+        if self.opts.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer, self.scheduler, self.prepared_train, self.prepared_val = \
+            acc.prepare(model, optimizer, scheduler, self.train_loader, self.val_loader)
+
+    def fit(self) -> dict:
+        acc, recipe = self.accelerator, self.recipe
+        self.print(f"recipe: {json.dumps(recipe.to_dict())}")
+        self.print(f"hardware: {self.device_name()}, precision {acc.mixed_precision}; "
+                   f"batch {recipe.batch_size}/device x {acc.num_processes} process(es) x "
+                   f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
+        self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
+                   f"test {len(self.data.test)}")
+        resuming = self.opts.resume
+        if resuming:
+            self.load_state()
+            self.print(f"resuming from {self.state_dir}: phase {self.state.phase + 1}, epoch "
+                       f"{self.state.epoch + 1}, step {self.state.step}")
+        self.log.start()
+        started = time.perf_counter() - self.state.train_seconds
+        with self.stop:
+            try:
+                for index, phase in enumerate(recipe.phases):
+                    if phase.epochs == 0 or index < self.state.phase:
+                        continue
+                    if index > self.state.phase:
+                        self.state.phase, self.state.epoch, self.state.step = index, 0, 0
+                    self.prepare_phase(phase)
+                    if resuming:
+                        acc.load_state(str(self.state_dir))
+                        resuming = False
+                    self.run_phase(phase, started)
+            except Stopped:
+                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; "
+                           "continue with the same command and --resume")
+                self.log.finish()
+                raise
+            except Diverged:
+                self.log.finish()
+                raise
+        return self.finish(time.perf_counter() - started)
+
+    def run_phase(self, phase: Phase, started: float) -> None:
+        acc, state = self.accelerator, self.state
+        while state.epoch < phase.epochs:
+            set_train_mode(self.model, phase.train_backbone)
+            self.prepared_train.set_epoch(state.epochs_done)
+            loader = self.prepared_train
+            if state.step:
+                from accelerate import skip_first_batches
+                loader = skip_first_batches(loader, state.step)
+            stats = train_one_epoch(self, phase, loader, state.step)
+            val = evaluate(acc, self.model, self.prepared_val, self.normalize)
+            state.train_seconds = time.perf_counter() - started
+            state.epochs_done += 1
+            improved = val.acc > state.best_val_acc
+            if improved:
+                state.best_val_acc, state.best_epoch = val.acc, state.epochs_done
+                self.save_checkpoint("best", self.meta(state.epochs_done, val.acc))
+            self.save_checkpoint("last", self.meta(state.epochs_done, val.acc))
+            total_epochs = sum(p.epochs for p in self.recipe.phases)
+            eta = state.train_seconds / state.epochs_done * (total_epochs - state.epochs_done)
+            record = {"epoch": state.epochs_done, "phase": phase.name, "train_loss": stats.loss,
+                      "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
+                      "lr": self.scheduler.get_last_lr()[0],
+                      "images_per_s": stats.images / max(stats.seconds, 1e-9),
+                      "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
+            state.history.append(record)
+            train_name = "train acc (dominant label, Mixup/CutMix on)" if (
+                phase.mix and self.augment.mixup is not None) else "train acc"
+            self.print(f"epoch {state.epochs_done}/{total_epochs} [{phase.name}] train loss "
+                       f"{stats.loss:.4f} {train_name} {stats.acc:.2%} | val loss {val.loss:.4f} "
+                       f"acc {val.acc:.2%}{' *' if improved else ''} | lr {record['lr']:.2e} | "
+                       f"{record['images_per_s']:.0f} img/s | elapsed "
+                       f"{format_duration(state.train_seconds)} ETA {format_duration(eta)}")
+            self.log.epoch(record)
+            state.epoch += 1
+            state.step = 0
+            self.save_state()
+
+    def load_best(self) -> None:
+        from safetensors.torch import load_file
+        best = self.run_dir / "best.safetensors"
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        acc.unwrap_model(self.model).load_state_dict(load_file(str(best)))
+
+    def finish(self, seconds: float) -> dict:
+        acc, recipe, state = self.accelerator, self.recipe, self.state
+        if state.best_epoch < 0:
+            raise UserError("every phase has 0 epochs: nothing to train; set --epochs")
+        self.load_best()
+        if self.prepared_val is None:
+            self.prepared_val = acc.prepare(self.val_loader)
+        test_loader = acc.prepare_data_loader(self.test_loader)
+        test = evaluate(acc, self.model, test_loader, self.normalize, 1)
+        tta = evaluate(acc, self.model, test_loader, self.normalize, recipe.tta) \
+            if recipe.tta > 1 else None
+        per_class = per_class_accuracy(test, len(self.data.class_names))
+        history = state.history
+        results = {
+            "level": recipe.level, "arch": recipe.arch, "title": recipe.title,
+            "test_acc": test.acc, "test_acc_tta": tta.acc if tta else None,
+            "tta_views": recipe.tta if tta else 1, "best_val_acc": state.best_val_acc,
+            "best_epoch": state.best_epoch, "test_loss": test.loss,
+            "per_class_acc": dict(zip(self.data.class_names, per_class)),
+            "num_params": self.num_params, "train_seconds": seconds,
+            "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
+            "hardware": self.device_name(), "precision": acc.mixed_precision,
+            "num_processes": acc.num_processes, "global_batch": self.global_batch,
+            "dataset": self.data.source, "split_sizes": {"train": len(self.data.train),
+                                                         "val": len(self.data.val),
+                                                         "test": len(self.data.test)},
+            "target": recipe.target, "version": __version__, "recipe": recipe.to_dict(),
+        }
+        if acc.is_main_process:
+            save_checkpoint(self.run_dir / "best.safetensors",
+                            unwrapped_state_dict(acc.unwrap_model(self.model)),
+                            self.meta(state.best_epoch, state.best_val_acc, test.acc))
+            write_json(self.run_dir / "results.json", results)
+        self.print_results(results)
+        self.log.final(results, test, self.data)
+        self.log.finish()
+        acc.wait_for_everyone()
+        return results
+
+    def print_results(self, results: dict) -> None:
+        lines = [f"test accuracy {results['test_acc']:.2%}" + (
+            f" | with TTA ({results['tta_views']} views) {results['test_acc_tta']:.2%}"
+            if results["test_acc_tta"] is not None else "") +
+            f" | best val {results['best_val_acc']:.2%} (epoch {results['best_epoch']}) | "
+            f"{format_duration(results['train_seconds'])}, {results['num_params'] / 1e6:.2f}M params"]
+        lines.append(f"{'class':<12} {'acc':>7}")
+        lines += [f"{name:<12} {acc:>7.2%}" for name, acc in results["per_class_acc"].items()]
+        lines.append(f"results: {self.run_dir / 'results.json'}")
+        self.print("\n".join(lines))
+
+
+def per_class_accuracy(result: EvalResult, num_classes: int) -> list[float]:
+    preds = result.preds
+    out = []
+    for c in range(num_classes):
+        mask = result.labels == c
+        out.append((preds[mask] == c).float().mean().item() if mask.any() else float("nan"))
+    return out
