@@ -160,3 +160,9 @@ def train_main(argv: list[str] | None = None) -> int:
     except Stopped:
         return 143
     return 0
+
+
+def ensemble_main(argv: list[str] | None = None) -> int:
+    from .ensemble import main
+
+    return main(argv)

@@ -9,6 +9,12 @@ from .files import append_line
 REPORT_CHOICES = ("wandb", "tensorboard", "all", "none")
 
 
+def tracker_names(report_to: str) -> list[str]:
+    """Accelerate `log_with` names for --report-to."""
+    return {"wandb": ["wandb"], "tensorboard": ["tensorboard"], "all": ["wandb", "tensorboard"],
+            "none": []}[report_to]
+
+
 def wandb_mode() -> str:
     """The user's WANDB_MODE wins; without a usable key, log offline instead of failing."""
     if os.environ.get("WANDB_MODE"):

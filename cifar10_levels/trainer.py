@@ -55,13 +55,15 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, set_seed
 
+        from .tracking import tracker_names
+
         self.recipe, self.opts = recipe, opts
         self.run_dir = run_dir_for(recipe, opts)
         precision = opts.mixed_precision or default_precision(recipe)
         self.accelerator = Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-            log_with=None)
+            log_with=tracker_names(opts.report_to), project_dir=str(self.run_dir))
         acc = self.accelerator
         if acc.is_main_process:
             ensure_writable_dir(self.run_dir)

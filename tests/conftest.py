@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny learnable CIFAR-10 look-alike in the Hub layout, and a way to run the CLIs."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# One colour per class: the class shows in the image, so tiny models learn it in an epoch or two.
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [0, 0, 128]])
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def make_images(labels: np.ndarray, rng: np.random.RandomState, size: int = 32) -> np.ndarray:
+    """Class colour on a noisy background, with a bright square at a random place."""
+    n = len(labels)
+    images = rng.randint(0, 80, size=(n, size, size, 3))
+    for i, c in enumerate(labels):
+        images[i, 4:-4, 4:-4] = (PALETTE[c] * 0.8 + images[i, 4:-4, 4:-4] * 0.5).clip(0, 255)
+        y, x = rng.randint(0, size - 8, 2)
+        images[i, y:y + 6, x:x + 6] = 255
+    return images.astype(np.uint8)
+
+
+def write_split(path: Path, images: np.ndarray, labels: np.ndarray, mode: str = "RGB",
+                names: list[str] = CLASS_NAMES, columns=("img", "label")) -> None:
+    import datasets
+    from PIL import Image
+
+    pil = [Image.fromarray(im).convert(mode) for im in images]
+    features = datasets.Features({columns[0]: datasets.Image(),
+                                  columns[1]: datasets.ClassLabel(names=names)})
+    ds = datasets.Dataset.from_dict({columns[0]: pil, columns[1]: labels.tolist()}, features=features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+
+
+def make_dataset(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0) -> Path:
+    rng = np.random.RandomState(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        write_split(root / "plain_text" / f"{split}-00000-of-00001.parquet",
+                    make_images(labels, rng), labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> Path:
+    """400 train / 100 test images, hub layout (plain_text/*.parquet)."""
+    return make_dataset(tmp_path_factory.mktemp("tiny_cifar"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CIFAR10_LEVELS_CACHE", str(tmp_path_factory.getbasetemp() / "decode_cache"))
+
+
+TINY_TRAIN = ["--no-pretrained", "--img-size", "32", "--batch-size", "32", "--no-progress",
+              "--report-to", "none"]
+
+
+def run_cli(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run train.py / ensemble.py exactly as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def train(dataset: Path, out: Path, *args: str, env: dict | None = None,
+          check: bool = True) -> subprocess.CompletedProcess:
+    result = run_cli("train.py", "--dataset", dataset, "--output-dir", out, *TINY_TRAIN, *args, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
