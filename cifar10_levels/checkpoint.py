@@ -88,18 +88,45 @@ def _parse_meta(raw: dict[str, str], path: Path, flag: str) -> CheckpointMeta:
     return meta
 
 
-def read_meta(path: str | Path, flag: str = "checkpoint") -> CheckpointMeta:
+def read_header(path: str | Path, flag: str = "checkpoint") -> dict[str, str]:
+    """The metadata of a safetensors file whose whole header (every tensor's offsets) is valid."""
     from safetensors import safe_open
 
     path = Path(path)
     check_safetensors_file(path, flag)
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as err:
         raise UserError(f"{flag} {path}: corrupt safetensors file "
                         f"({str(err).splitlines()[0][:160]})") from None
-    return _parse_meta(raw, path, flag)
+
+
+def read_meta(path: str | Path, flag: str = "checkpoint") -> CheckpointMeta:
+    return _parse_meta(read_header(path, flag), Path(path), flag)
+
+
+def check_fits(meta: CheckpointMeta, path: str | Path, flag: str, arch: str | None = None,
+               num_classes: int | None = None) -> None:
+    """A known arch, and the arch and class count the caller needs (None: any)."""
+    from .models import known_arch
+
+    if not known_arch(meta.arch):
+        raise UserError(f"{flag} {path}: arch {meta.arch!r} is unknown to timm and to this package")
+    if arch is not None and meta.arch != arch:
+        raise UserError(f"{flag} {path}: a checkpoint of {meta.arch}, not of --arch {arch}; "
+                        f"pass --arch {meta.arch} or another file")
+    if num_classes is not None and meta.num_classes != num_classes:
+        raise UserError(f"{flag} {path}: a checkpoint with {meta.num_classes} classes; "
+                        f"this needs {num_classes}")
+
+
+def check_pretrained_file(path: str | Path, arch: str, num_classes: int,
+                          flag: str = "--pretrained-file") -> None:
+    """Plain timm weights pass as they are; one of our checkpoints must also fit the run."""
+    header = read_header(path, flag)
+    if header.get("format") == FORMAT:
+        check_fits(_parse_meta(header, Path(path), flag), path, flag, arch, num_classes)
 
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
@@ -111,16 +138,16 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor],
                   metadata=meta.to_header())
 
 
-def load_checkpoint(path: str | Path, flag: str = "checkpoint") -> tuple[nn.Module, CheckpointMeta]:
+def load_checkpoint(path: str | Path, flag: str = "checkpoint", num_classes: int | None = None
+                    ) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model from the file alone: metadata validated before anything is built."""
     from safetensors.torch import load_file
 
-    from .models import create_model, known_arch
+    from .models import create_model
 
     path = Path(path)
     meta = read_meta(path, flag)
-    if not known_arch(meta.arch):
-        raise UserError(f"{flag} {path}: arch {meta.arch!r} is unknown to timm and to this package")
+    check_fits(meta, path, flag, num_classes=num_classes)
     try:
         state = load_file(str(path))
     except Exception as err:

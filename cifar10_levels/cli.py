@@ -132,9 +132,10 @@ def check_img_size(recipe: Recipe) -> None:
     try:
         with torch.inference_mode():
             model(torch.zeros(1, 3, recipe.img_size, recipe.img_size))
-    except RuntimeError as err:
+    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert on the input size
+        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
         raise UserError(f"--img-size {recipe.img_size}: {recipe.arch} cannot take this size "
-                        f"({str(err).splitlines()[0][:120]}); try a multiple of 32") from None
+                        f"({reason}); try a multiple of 32") from None
 
 
 @exits_cleanly_on_user_error

@@ -10,6 +10,9 @@ from typing import Iterator
 
 from .errors import UserError
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -18,6 +21,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would make results unreadable to others
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -43,14 +47,28 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     write_text(path, old + line.rstrip("\n") + "\n")
 
 
-def ensure_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:
+def check_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:
+    """Fail at start, before anything is written: `path` must be (or become) a writable directory."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: exists and is not a directory; pass another path")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {existing}: exists and is not a directory; pass another path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise UserError(f"{flag} {path}: not writable ({err.strerror}); pass a writable directory") from None
+        raise UserError(f"{flag} {path}: not writable ({err.strerror}); pass a writable directory"
+                        ) from None
+    return path
+
+
+def ensure_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:
+    path = check_writable_dir(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot create it ({err.strerror}); pass a writable directory"
+                        ) from None
     return path

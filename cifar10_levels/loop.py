@@ -188,13 +188,14 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
             x, targets = run.augment(images, labels, mixing)
             logits = model(x)
             loss = loss_fn(logits.float(), targets)
-            if not torch.isfinite(loss):
+            # every process skips together: one rank skipping DDP's backward would hang the others
+            if acc_.reduce(torch.isfinite(loss).logical_not().float(), reduction="sum").item() == 0:
+                state.nonfinite = 0
+                acc_.backward(loss)
+                optimizer.step()
+            else:  # skip the step, as fp16 grad scaling does: NaN gradients would ruin the weights
                 state.nonfinite += 1
                 run.check_divergence(phase, loss)
-            else:
-                state.nonfinite = 0
-            acc_.backward(loss)
-            optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         n = labels.shape[0]

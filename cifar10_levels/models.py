@@ -34,9 +34,9 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False,
     if not known_arch(arch):
         raise UserError(f"--arch {arch}: timm has no such model; see timm.list_models()")
     if pretrained_file:
-        from .checkpoint import check_safetensors_file
+        from .checkpoint import check_pretrained_file
         refuse_pickle(pretrained_file, "--pretrained-file")
-        check_safetensors_file(pretrained_file, "--pretrained-file")
+        check_pretrained_file(pretrained_file, arch, num_classes)
         try:
             return timm.create_model(arch, pretrained=True, num_classes=num_classes,
                                      pretrained_cfg_overlay=dict(file=str(pretrained_file)))
@@ -72,8 +72,9 @@ def set_train_mode(model: nn.Module, backbone_trainable: bool) -> None:
     if backbone_trainable:
         model.train()
     else:
+        from accelerate.utils import extract_model_from_parallel
         model.eval()
-        model.get_classifier().train()
+        extract_model_from_parallel(model).get_classifier().train()  # DDP hides timm's methods
 
 
 def count_parameters(model: nn.Module) -> int:

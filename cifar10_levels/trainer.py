@@ -16,7 +16,7 @@ from .augment import Normalizer, TrainAugment
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
-from .files import ensure_writable_dir, write_json
+from .files import check_writable_dir, ensure_writable_dir, write_json, write_text
 from .loop import (Diverged, EvalResult, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
                    build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
                    train_one_epoch)
@@ -34,9 +34,9 @@ def run_dir_for(recipe: Recipe, opts: RunOptions) -> Path:
 def replace_dir(new: Path, target: Path) -> None:
     """Swap a finished directory into place; a kill leaves `target` or `target.old` intact."""
     old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
     if target.exists():
+        if old.exists():  # stale: only deleted while `target` is a complete copy
+            shutil.rmtree(old)
         target.rename(old)
     new.rename(target)
     if old.exists():
@@ -62,11 +62,12 @@ class Trainer:
         precision = opts.mixed_precision or default_precision(recipe)
         self.accelerator = Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            # data_seed: the same shuffle on every process (the global seed differs per process)
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
             log_with=tracker_names(opts.report_to), project_dir=str(self.run_dir))
         acc = self.accelerator
         if acc.is_main_process:
-            ensure_writable_dir(self.run_dir)
+            check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
         acc.wait_for_everyone()
         self.state_dir = find_state_dir(self.run_dir)
         if opts.resume and self.state_dir is None:
@@ -147,10 +148,12 @@ class Trainer:
 
     def check_divergence(self, phase: Phase, loss: torch.Tensor) -> None:
         if self.state.nonfinite >= self.opts.max_nonfinite:
+            best = self.run_dir / "best.safetensors"
+            kept = f"best checkpoint kept: {best}" if best.exists() else "no checkpoint saved yet"
             raise Diverged(
                 f"loss was non-finite ({loss.item()}) for {self.state.nonfinite} steps in a row, up to "
-                f"step {self.state.global_step} in phase '{phase.name}'; best checkpoint kept in "
-                f"{self.run_dir}; try --mixed-precision bf16 (where supported) or no, or a lower --lr")
+                f"step {self.state.global_step + 1} in phase '{phase.name}'; {kept}; "
+                "try --mixed-precision bf16 (where supported) or no, or a lower --lr")
 
     # ---- state ----------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -169,6 +172,15 @@ class Trainer:
     def load_state(self) -> None:
         saved = json.loads((self.state_dir / "train_state.json").read_text())
         self.state = TrainState(**saved)
+        from .checkpoint import read_meta
+        best = self.run_dir / "best.safetensors"
+        if best.exists():  # saved after the state: a kill in between must not let a worse one replace it
+            meta = read_meta(best)
+            if meta.val_acc > self.state.best_val_acc:
+                self.state.best_val_acc, self.state.best_epoch = meta.val_acc, meta.epoch
+        if self.accelerator.is_main_process:  # drop epochs logged after the state was saved
+            write_text(self.run_dir / "history.jsonl",
+                       "".join(json.dumps(record) + "\n" for record in self.state.history))
 
     def meta(self, epoch: int, val_acc: float, test_acc: float | None = None) -> CheckpointMeta:
         r = self.recipe
@@ -187,8 +199,7 @@ class Trainer:
     def prepare_phase(self, phase: Phase) -> None:
         acc = self.accelerator
         set_backbone_trainable(self.base_model, phase.train_backbone)
-        lr = scaled_lr(phase.lr, self.recipe, self.global_batch // self.opts.grad_accum,
-                       self.opts.lr_scaling)
+        lr = scaled_lr(phase.lr, self.recipe, self.global_batch, self.opts.lr_scaling)
         optimizer = build_optimizer(self.base_model, self.recipe, lr)
         total = phase.epochs * len(self.train_loader) // self.opts.grad_accum
         scheduler = build_scheduler(optimizer, self.recipe, total)
@@ -207,6 +218,9 @@ class Trainer:
                    f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
+        if acc.is_main_process:
+            ensure_writable_dir(self.run_dir)
+        acc.wait_for_everyone()
         resuming = self.opts.resume
         if resuming:
             self.load_state()

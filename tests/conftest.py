@@ -84,3 +84,14 @@ def train(dataset: Path, out: Path, *args: str, env: dict | None = None,
     if check and result.returncode != 0:
         raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@pytest.fixture
+def accelerator():
+    """A one-process Accelerator whose global state is cleared afterwards."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield Accelerator()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

@@ -1,0 +1,145 @@
+import torch
+from accelerate.utils import set_seed
+
+from cifar10_levels.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop,
+                                    tta_views)
+from cifar10_levels.recipes import LEVELS, Augment
+
+NORM = Normalizer(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def batch(n: int = 16) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
+
+
+def test_mixup_cutmix_targets_are_distributions_with_smoothing_mass():
+    aug = TrainAugment(LEVELS["2"].augment, NORM, label_smoothing=0.1, num_classes=10,
+                       device=torch.device("cpu"))
+    labels = torch.arange(16) % 10
+    for _ in range(10):
+        x, target = aug(batch(), labels, mix=True)
+        assert target.shape == (16, 10)
+        assert torch.allclose(target.sum(1), torch.ones(16))
+        assert target.min() >= 0.1 / 10 - 1e-6  # label smoothing leaves 0.01 on every class
+        assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32)
+    x, target = aug(batch(), labels, mix=False)
+    assert torch.equal(target, labels)
+
+
+def test_cutmix_lambda_matches_the_pasted_area():
+    from timm.data import Mixup
+
+    mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=10)
+    n = 8
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 32, 32).clone()
+    labels = torch.arange(n)
+    for _ in range(10):
+        mixed, target = mix(x.clone(), labels)
+        for i in range(n):
+            own = (mixed[i, 0] == i).float().mean().item()
+            assert abs(target[i, i].item() - own) < 1e-6
+
+
+def test_pixel_ops_keep_dtype_shape_and_range():
+    x = batch()
+    for out in (randaugment(x, 2, 9), random_crop(x, 4)):
+        assert out.dtype == torch.uint8 and out.shape == x.shape
+    aug = TrainAugment(Augment(random_erasing=1.0), NORM, 0.0, 10, torch.device("cpu"))
+    plain = TrainAugment(Augment(), NORM, 0.0, 10, torch.device("cpu"))
+    torch.manual_seed(0)
+    erased, _ = aug(x, torch.zeros(16, dtype=torch.long), mix=False)
+    torch.manual_seed(0)
+    kept, _ = plain(x, torch.zeros(16, dtype=torch.long), mix=False)
+    assert erased.shape == kept.shape and erased.dtype == torch.float32
+    assert not torch.equal(erased, kept)  # erasing ran
+    assert kept.min() >= (0 - 0.5) / 0.25 - 1e-5 and kept.max() <= (1 - 0.5) / 0.25 + 1e-5
+
+
+def test_random_crop_is_a_shift_with_zero_fill():
+    x = batch(64)
+    out = random_crop(x, 4)
+    # every output is its input shifted by at most 4 px: its non-zero pixels are a sub-block of x
+    for i in range(8):
+        match = False
+        for dy in range(-4, 5):
+            for dx in range(-4, 5):
+                shifted = torch.roll(x[i], shifts=(dy, dx), dims=(1, 2))
+                inner = out[i][:, 4:-4, 4:-4]
+                if torch.equal(inner, shifted[:, 4:-4, 4:-4]):
+                    match = True
+        assert match
+
+
+def test_tta_views_start_with_identity_and_are_deterministic():
+    x = batch()
+    views = tta_views(x, len(TTA_VIEWS))
+    assert torch.equal(views[0], x) and torch.equal(views[1], x.flip(3))
+    assert all(torch.equal(a, b) for a, b in zip(views, tta_views(x, len(TTA_VIEWS))))
+
+
+class ConstantModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.randn(10))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 10)
+
+
+class FlipInvariantModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 32, 10)
+
+    def forward(self, x):
+        return self.fc((x + x.flip(3)).mean(3).flatten(1))
+
+
+def _evaluate(acc, model, images, labels, tta):
+    from cifar10_levels.data import ImageSet, make_loader
+    from cifar10_levels.loop import evaluate
+
+    loader = acc.prepare(make_loader(ImageSet(images, labels), 50, train=False, seed=0))
+    return evaluate(acc, model, loader, NORM, tta)
+
+
+def test_tta_of_input_blind_model_equals_plain_output(accelerator):
+    images, labels = batch(120), torch.randint(0, 10, (120,))
+    model = ConstantModel()
+    plain = _evaluate(accelerator, model, images, labels, 1)
+    tta = _evaluate(accelerator, model, images, labels, 5)
+    assert torch.allclose(plain.probs, tta.probs, atol=1e-6)
+
+
+def test_tta_of_flip_invariant_model_equals_plain_accuracy(accelerator):
+    images, labels = batch(120), torch.randint(0, 10, (120,))
+    torch.manual_seed(0)
+    model = FlipInvariantModel()
+    plain = _evaluate(accelerator, model, images, labels, 1)
+    tta = _evaluate(accelerator, model, images, labels, 2)
+    assert tta.acc == plain.acc and tta.plain_acc == plain.acc
+
+
+def _augment_on_each_rank():
+    from accelerate import Accelerator
+
+    acc = Accelerator()
+    assert acc.num_processes == 2
+    set_seed(42, device_specific=True)
+    aug = TrainAugment(LEVELS["2"].augment, NORM, 0.1, 10, acc.device)
+    torch.manual_seed(1234)  # the same input batch on every rank...
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    set_seed(42, device_specific=True)  # ...augmented with the rank's own stream
+    out, _ = aug(x, torch.arange(8), mix=True)
+    gathered = acc.gather(out.unsqueeze(0))
+    if acc.is_main_process:
+        assert not torch.equal(gathered[0], gathered[1]), "two ranks augmented identically"
+        set_seed(42, device_specific=True)
+        again, _ = aug(x, torch.arange(8), mix=True)
+        assert torch.equal(again, out), "a fixed seed must reproduce the batch"
+
+
+def test_each_rank_augments_differently_and_reproducibly():
+    from accelerate import debug_launcher
+
+    debug_launcher(_augment_on_each_rank, num_processes=2)
