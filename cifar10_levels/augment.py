@@ -26,12 +26,10 @@ TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
 def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int) -> torch.Tensor:
     """Shift each image by its own (dx, dy) in [-padding, padding], filling with zeros."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    rows = (padding - dy).view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)
-    cols = (padding - dx).view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    return padded[batch, chan, rows, cols]
+    # every (h, w) window of the padded image as a view; one gather picks each image's window (~5x
+    # less CPU than indexing every pixel)
+    windows = F.pad(x, (padding,) * 4).unfold(2, h, 1).unfold(3, w, 1)
+    return windows[torch.arange(n, device=x.device), :, padding - dy, padding - dx]
 
 
 def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointMeta, load_checkpoint, read_meta
 from .cli import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
 from .files import atomic_path, ensure_writable_dir, write_json
-from .models import known_arch, refuse_pickle
+from .models import PICKLE_SUFFIXES, known_arch, refuse_pickle
 
 BEST_NAME = "best.safetensors"
 STATE_DIR_NAMES = ("state", "state.old", "state.tmp")   # Accelerate's save_state holds bare weights
@@ -84,13 +84,13 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
         any_file = sorted(p for p in path.rglob("*.safetensors") if _is_checkpoint_candidate(p, path))
         chosen = best or any_file
         if not chosen:
-            pickles = sorted(p.name for p in path.rglob("*") if p.suffix in (".pt", ".pth", ".bin"))
+            pickles = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES
+                             and _is_checkpoint_candidate(p, path))
             hint = f" (pickle files such as {pickles[0]} are refused)" if pickles else ""
             raise UserError(f"--weights {path}: no checkpoints found (looked for {BEST_NAME} in each "
                             f"run directory, then any *.safetensors){hint}; train one with train.py")
         found.extend(chosen)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def read_members(paths: list[Path], img_size: int | None) -> list[Member]:
@@ -155,7 +155,7 @@ def load_cached(path: Path, labels: torch.Tensor) -> torch.Tensor | None:
         saved = load_file(str(path))
     except Exception:
         return None  # a damaged cache is recomputed
-    if not torch.equal(saved.get("labels", torch.empty(0)), labels):
+    if "probs" not in saved or not torch.equal(saved.get("labels", torch.empty(0)), labels):
         return None
     return saved["probs"]
 
@@ -314,18 +314,20 @@ def build_report(members: list[Member], probs: dict[str, torch.Tensor],
 
 def format_report(report: EnsembleReport, labels: list[str]) -> str:
     width = max(28, *(len(x) + 2 for x in labels))
-    lines = [f"{'member':<{width}} {'arch':<18} {'px':>4} {'val acc':>8} {'test acc':>9}"]
+    arch_width = max(18, *(len(m["arch"]) + 1 for m in report.members))
+    wide = width + arch_width + 6   # label, arch and px columns
+    lines = [f"{'member':<{width}} {'arch':<{arch_width}} {'px':>4} {'val acc':>8} {'test acc':>9}"]
     for label, m in zip(labels, report.members):
-        lines.append(f"{label:<{width}} {m['arch']:<18} {m['eval_img_size']:>4} "
+        lines.append(f"{label:<{width}} {m['arch']:<{arch_width}} {m['eval_img_size']:>4} "
                      f"{m['val_acc']:>8.2%} {m['test_acc']:>9.2%}")
-    lines.append(f"{'vote':<{width + 24}} {'val acc':>8} {'test acc':>9}")
+    lines.append(f"{'vote':<{wide}} {'val acc':>8} {'test acc':>9}")
     for v in report.votes:
         name = f"{v.name} ({v.description})"
-        lines.append(f"{name:<{width + 24}} {v.val_acc:>8.2%} {v.test_acc:>9.2%}"
+        lines.append(f"{name:<{wide}} {v.val_acc:>8.2%} {v.test_acc:>9.2%}"
                      + (" <- best on val" if v.name == report.best_vote else ""))
         if v.weights is not None:
             lines.append(f"    weights {', '.join(f'{w:.3f}' for w in v.weights)}")
-    lines.append(f"{'oracle (any member right)':<{width + 24}} {'':>8} {report.oracle_test_acc:>9.2%}")
+    lines.append(f"{'oracle (any member right)':<{wide}} {'':>8} {report.oracle_test_acc:>9.2%}")
     lines.append(f"majority ties: {report.majority_ties_test} test samples "
                  f"({report.majority_ties_val} val); {voting.TIE_RULE}")
     lines.append(f"pairwise disagreement on test (mean {report.mean_disagreement_test:.2%}):")

@@ -31,6 +31,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> None:
+    """Delete what a killed writer left behind: atomic_path's hidden .NAME.*.tmp files."""
+    for path in Path(directory).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)

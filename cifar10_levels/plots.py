@@ -55,7 +55,10 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str,
             ax.text((first + last) / 2, 1.01, f"phase: {phase}", transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=9, color="dimgrey")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 15:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.grid(alpha=0.3)
@@ -94,8 +97,9 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | os.Pa
 
 def plot_per_class(per_class: dict[str, float], overall: float, path: str | os.PathLike,
                    title: str) -> None:
-    """One bar per class, best on top; red where below the overall accuracy."""
-    ranked = sorted(per_class.items(), key=lambda item: item[1])
+    """One bar per class, best on top; red where below the overall accuracy. Classes absent
+    from the test subset (NaN) are left out."""
+    ranked = sorted(((n, a) for n, a in per_class.items() if not np.isnan(a)), key=lambda item: item[1])
     names = [name for name, _ in ranked]
     values = [100 * acc for _, acc in ranked]
     fig = _figure(7.5, 0.38 * len(names) + 1.6)

@@ -1,7 +1,7 @@
-"""`python -m cifar10_levels.report ckpts/`: every run's results.json as the write-up's results table."""
+"""`python -m cifar10_levels.report ckpts/`: every run's results.json (and ensemble.py's
+ensemble_results.json) as the write-up's results table."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -35,27 +35,44 @@ def target_met(target: str, acc: float, seconds: float | None) -> bool | None:
     percent = re.search(r"(\d+(?:\.\d+)?)\s*(?:[-–]\s*\d+(?:\.\d+)?)?\s*%", target)
     if not percent:
         return None
-    met = acc * 100 >= float(percent.group(1))
+    met = round(acc * 100, 6) >= float(percent.group(1))
     minutes = re.search(r"in\s+(\d+(?:\.\d+)?)\s*min", target)
     if minutes and seconds is not None:
         met = met and seconds <= float(minutes.group(1)) * 60
     return met
 
 
+def _training_run(data: dict, run: str) -> RunResult:
+    return RunResult(run=run, level=str(data["level"]), title=data.get("title", ""),
+                     arch=data.get("arch", "?"), test_acc=float(data["test_acc"]),
+                     test_acc_tta=data.get("test_acc_tta"), target=data.get("target", ""),
+                     train_seconds=data.get("train_seconds"))
+
+
+def _ensemble(data: dict, run: str) -> RunResult:
+    """ensemble.py's output: the vote chosen on validation, judged by level 4's target."""
+    from .recipes import LEVELS
+
+    best = data["best_vote"]
+    return RunResult(run=run, level="4", title=f"ensemble, {best} vote",
+                     arch=" + ".join(m["arch"] for m in data["members"]),
+                     test_acc=float(data["votes"][best]["test_acc"]), test_acc_tta=None,
+                     target=LEVELS["4"].target, train_seconds=None)
+
+
 def read_results(root: Path) -> list[RunResult]:
     found = []
-    for path in sorted(root.rglob("results.json")):
+    paths = sorted([*root.rglob("results.json"), *root.rglob("ensemble_results.json")])
+    for path in paths:
         if any(part.endswith((".old", ".tmp")) for part in path.parent.parts):
             continue
+        run = str(path.parent.relative_to(root)) if path.parent != root else "."
+        read = _ensemble if path.name == "ensemble_results.json" else _training_run
         try:
-            data = json.loads(path.read_text())
-            found.append(RunResult(
-                run=str(path.parent.relative_to(root)) if path.parent != root else ".",
-                level=str(data["level"]), title=data.get("title", ""), arch=data.get("arch", "?"),
-                test_acc=float(data["test_acc"]), test_acc_tta=data.get("test_acc_tta"),
-                target=data.get("target", ""), train_seconds=data.get("train_seconds")))
+            found.append(read(json.loads(path.read_text()), run))
         except (ValueError, KeyError, TypeError):
-            print(f"warning: {path}: not a training run's results.json; skipped", file=sys.stderr)
+            print(f"warning: {path}: not in the shape train.py/ensemble.py write; skipped",
+                  file=sys.stderr)
     order = {level: i for i, level in enumerate(LEVEL_ORDER)}
     return sorted(found, key=lambda r: (order.get(r.level, len(order)), r.level, r.arch, r.run))
 

@@ -16,9 +16,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .files import append_line
+from .errors import UserError
+from .files import write_text
 
 REPORT_CHOICES = ("wandb", "tensorboard", "all", "none")
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 KEY_CHECK_SECONDS = 5.0      # wandb itself waits ~90 s for a server that never answers
 MISCLASSIFIED_SHOWN = 32
 PACKAGES = ("torch", "timm", "accelerate", "datasets", "safetensors", "wandb", "numpy")
@@ -78,7 +80,13 @@ class WandbMode:
 
 def choose_wandb_mode(timeout: float = KEY_CHECK_SECONDS) -> WandbMode:
     """The user's WANDB_MODE wins; otherwise online only with a key the server accepts now."""
-    if os.environ.get("WANDB_MODE"):
+    user_mode = os.environ.get("WANDB_MODE")
+    if user_mode == "":
+        del os.environ["WANDB_MODE"]  # wandb rejects an empty mode; treat it as unset
+    elif user_mode:
+        if user_mode not in WANDB_MODES:
+            raise UserError(f"WANDB_MODE={user_mode}: not a W&B mode; use online, offline or "
+                            "disabled, or unset it")
         return WandbMode(None)
     key = wandb_api_key()
     if not key:
@@ -87,7 +95,7 @@ def choose_wandb_mode(timeout: float = KEY_CHECK_SECONDS) -> WandbMode:
     if status == "ok":
         return WandbMode("online")
     host = urlparse(wandb_base_url()).hostname
-    reason = "rejected the API key" if status == "rejected" else f"did not answer within {timeout:.0f} s"
+    reason = "rejected the API key" if status == "rejected" else "could not be reached"
     return WandbMode("offline", f"warning: W&B ({host}) {reason}; logging offline instead")
 
 
@@ -187,7 +195,7 @@ def start_trackers(accelerator, project: str, config: dict, wandb_kwargs: dict |
         print(f"warning: W&B could not start online ({type(err).__name__}: "
               f"{str(err).splitlines()[0][:160] if str(err) else ''}); logging offline instead",
               flush=True)
-        finish_trackers(accelerator)
+        accelerator.trackers.clear()  # W&B starts first, so nothing had started yet
         accelerator.init_trackers(project, init_kwargs={"wandb": {**wandb_kwargs, "mode": "offline"}})
     for tracker in accelerator.trackers:
         tracker.store_init_configuration(flat_config(config) if tracker.name == "tensorboard" else config)
@@ -204,12 +212,14 @@ def finish_trackers(accelerator) -> None:
     """End every tracker, printing how to upload an offline W&B run. Unlike end_training this keeps
     the process group: the trainer still synchronises afterwards."""
     run = wandb_run(accelerator)
-    sync_dir = run.settings.sync_dir if run is not None and run.offline else None
+    sync_dir = Path(run.settings.sync_dir) if run is not None and run.offline else None
     for tracker in accelerator.trackers:
         tracker.finish()
     accelerator.trackers.clear()
     if sync_dir:
-        print(f"W&B run saved offline; upload it with: wandb sync {sync_dir}", flush=True)
+        parts = list(sync_dir.parent.glob(f"offline-run-*-{run.id}"))  # one per --resume
+        target = sync_dir if len(parts) <= 1 else sync_dir.parent / f"offline-run-*-{run.id}"
+        print(f"W&B run saved offline; upload it with: wandb sync {target}", flush=True)
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -228,7 +238,6 @@ class RunLog:
         recipe = trainer.recipe
         mixing = recipe.augment.mixup_alpha > 0 or recipe.augment.cutmix_alpha > 0
         self.mixing_phases = frozenset(p.name for p in recipe.phases if p.mix and mixing)
-        self.warning: str | None = None
 
     @property
     def main(self) -> bool:
@@ -262,7 +271,6 @@ class RunLog:
         start_trackers(acc, opts.wandb_project, run_config(self.trainer), wandb_kwargs)
         run = wandb_run(acc)
         if run is not None:
-            from .files import write_text
             write_text(self.run_dir / "wandb_run_id", run.id)
             run.define_metric("epoch")
             for name in ("train/loss", "train/acc", "val/*", "train/epoch_*", "time/*", "phase"):
@@ -275,7 +283,9 @@ class RunLog:
     def epoch(self, record: dict) -> None:
         if not self.main:
             return
-        append_line(self.run_dir / "history.jsonl", json.dumps(record))
+        # rewritten from the saved state, so an epoch repeated after --resume is not listed twice
+        write_text(self.run_dir / "history.jsonl",
+                   "".join(json.dumps(h) + "\n" for h in self.trainer.state.history))
         values = {EPOCH_METRICS[k]: v for k, v in record.items() if k in EPOCH_METRICS}
         self.accelerator.log({"epoch": record["epoch"], "phase": record["phase"], **values},
                              step=self.trainer.state.global_step)
@@ -319,7 +329,6 @@ class RunLog:
             "test/confusion_matrix": wandb.plot.confusion_matrix(
                 y_true=test.labels.tolist(), preds=test.preds.tolist(), class_names=names,
                 title="Test confusion matrix"),
-            "test/per_class_table": per_class,
             "test/per_class_accuracy": wandb.plot.bar(per_class, "class", "accuracy",
                                                       title="Per-class test accuracy"),
             **{f"plots/{p}": wandb.Image(str(self.run_dir / f"{p}.png"))
@@ -369,8 +378,10 @@ def log_ensemble(table_rows: list[list], columns: list[str], project: str = "cif
     from accelerate import Accelerator
 
     names = tracker_names(report_to)
+    if not names:
+        return
     accelerator = Accelerator(log_with=names, project_dir=str(out_dir))
-    if not (names and accelerator.is_main_process):
+    if not accelerator.is_main_process:
         return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     wandb_kwargs = None

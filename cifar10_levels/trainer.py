@@ -16,7 +16,8 @@ from .augment import Normalizer, TrainAugment
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
-from .files import check_writable_dir, ensure_writable_dir, write_json, write_text
+from .files import (check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json,
+                    write_text)
 from .loop import (Diverged, EvalResult, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
                    build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
                    train_one_epoch)
@@ -63,8 +64,10 @@ class Trainer:
         self.accelerator = Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
             # data_seed: the same shuffle on every process (the global seed differs per process)
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
-            log_with=tracker_names(opts.report_to), project_dir=str(self.run_dir))
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=True, data_seed=recipe.seed,
+                non_blocking=torch.cuda.is_available()),
+            log_with=tracker_names(opts.report_to) or None, project_dir=str(self.run_dir))
         acc = self.accelerator
         if acc.is_main_process:
             check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
@@ -219,7 +222,7 @@ class Trainer:
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
         if acc.is_main_process:
-            ensure_writable_dir(self.run_dir)
+            remove_stale_temporaries(ensure_writable_dir(self.run_dir))
         acc.wait_for_everyone()
         resuming = self.opts.resume
         if resuming:

@@ -1,0 +1,40 @@
+"""train.py plus a test-only hook: after every epoch each process writes a digest of its own weights.
+
+Launch it exactly like train.py; set RECORD_WEIGHTS_DIR to where the digests go
+(rank{R}-epoch{E}.json: {"parameters": sha256, "buffers": sha256}).
+"""
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from cifar10_levels import trainer  # noqa: E402
+from cifar10_levels.cli import train_main  # noqa: E402
+
+
+def digest(tensors) -> str:
+    sha = hashlib.sha256()
+    for name, tensor in tensors:
+        sha.update(name.encode())
+        sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def recording_save_state(self) -> None:
+    model = self.accelerator.unwrap_model(self.model)
+    record = {"parameters": digest(model.named_parameters()), "buffers": digest(model.named_buffers())}
+    out = Path(os.environ["RECORD_WEIGHTS_DIR"])
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"rank{self.accelerator.process_index}-epoch{self.state.epochs_done}.json"
+    (out / name).write_text(json.dumps(record))
+    original_save_state(self)
+
+
+original_save_state = trainer.Trainer.save_state
+trainer.Trainer.save_state = recording_save_state
+
+if __name__ == "__main__":
+    sys.exit(train_main())

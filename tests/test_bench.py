@@ -1,0 +1,87 @@
+"""The benchmarks run and print their tables (speed is never asserted here: bench/ measures it), and
+the data-path speed-ups they motivated compute exactly what the straightforward code computes."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT
+
+
+def bench(script: str, *args: str, timeout: float = 300) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def table_row(output: str, first_cell: str) -> list[str]:
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row starting with {first_cell!r} in:\n{output}")
+
+
+def leading_number(cell: str) -> float:
+    return float(re.match(r"[\d,.]+", cell).group(0).replace(",", ""))
+
+
+def test_data_pipeline_prints_ratio_against_naive_pipeline():
+    out = bench("data_pipeline.py", "--level", "2", "--repeats", "1", "--ours-images", "128",
+                "--naive-images", "32", "--workers", "0")
+    assert "hardware:" in out and "versions:" in out and "command:" in out
+    row = table_row(out, "2")
+    assert "RandAugment 2x9" in row[1] and "Mixup/CutMix" in row[1] and row[2] == "128 px"
+    assert leading_number(row[3]) > 0 and row[-1].endswith(")") and "x" in row[-1]
+
+
+def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_path):
+    out = bench("loop_overhead.py", "--arch", "test_resnet", "--img-size", "32", "--level", "1",
+                "--dataset", tiny_cifar, "--train-limit", "128", "--batch-size", "32", "--repeats", "1")
+    assert "4 batches (128 images) per measurement" in out
+    row = table_row(out, "1")
+    assert row[1] == "test_resnet" and row[4] == "no"
+    assert 0 < leading_number(row[7]) < 10 and 0 < leading_number(row[8]) < 10
+
+
+def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar):
+    out = bench("time_to_accuracy.py", "--dataset", tiny_cifar, "--seeds", "3", "--arch", "test_resnet",
+                "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1",
+                "--lr", "1e-2", "1e-2")
+    row = table_row(out, "3")
+    assert 0 <= leading_number(row[1]) <= 100 and row[1].endswith("%")
+    assert "mean ± sd (1 seeds)" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_gpu_benchmark_says_plainly_that_no_gpu_was_found():
+    out = bench("gpu.py")
+    assert out.startswith("no GPU found") and "img/s" not in out
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 32, 32), 128), ((2, 3, 32, 32), 144),
+                                        ((2, 3, 32, 32), 16), ((1, 3, 32, 40), 64)])
+def test_matmul_resize_equals_bilinear_interpolate(shape, size):
+    from cifar10_levels.augment import resize_bilinear
+
+    x = torch.rand(shape)
+    expected = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resize_bilinear(x, size), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_window_translate_equals_per_pixel_indexing():
+    from cifar10_levels.augment import translate
+
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    dx, dy = torch.randint(-4, 5, (16,)), torch.randint(-4, 5, (16,))
+    padded = F.pad(x, (4,) * 4)
+    expected = torch.stack([padded[i, :, 4 - dy[i]:36 - dy[i], 4 - dx[i]:36 - dx[i]] for i in range(16)])
+    assert torch.equal(translate(x, dx, dy, 4), expected)

@@ -1,0 +1,123 @@
+"""cifar_speednet and the fast recipe: timm build, whitening init, optimizer, end-to-end run."""
+from __future__ import annotations
+
+import copy
+import json
+
+import timm
+import torch
+
+from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from cifar10_levels.models import create_model, set_backbone_trainable
+from cifar10_levels.recipes import get_recipe
+from cifar10_levels.speednet import SpeedNet, whitening_filters
+from conftest import train
+
+EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
+
+
+def smooth_images(n: int = 64, seed: int = 0) -> torch.Tensor:
+    """uint8 images with strongly correlated neighbouring pixels and channels, like photos."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 1, 8, 8, generator=g)
+    tint = torch.rand(n, 3, 1, 1, generator=g) * 0.3
+    x = torch.nn.functional.interpolate(base, size=32, mode="bilinear") * 0.7 + tint
+    x = x + 0.02 * torch.rand(n, 3, 32, 32, generator=g)
+    return (x.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def test_builds_through_timm_at_expected_size():
+    model = timm.create_model("cifar_speednet", pretrained=False, num_classes=10,
+                              pretrained_cfg_overlay=dict(file="ignored"))
+    assert isinstance(model, SpeedNet)
+    assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    model.reset_classifier(7)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
+    assert create_model("cifar_speednet", num_classes=5).get_classifier().out_features == 5
+
+
+def test_frozen_parts_stay_frozen_when_backbone_is_trained():
+    model = create_model("cifar_speednet", num_classes=10)
+    set_backbone_trainable(model, True)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "whiten_weight" not in names and "whiten_weight" in dict(model.named_buffers())
+    assert not any(n.endswith("norm1.weight") for n in names)  # BN scales are fixed at 1
+    set_backbone_trainable(model, False)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight"}
+
+
+def test_whitening_init_decorrelates_patches():
+    images = smooth_images()
+    model = SpeedNet()
+    model.init_from_data(images)
+    x = images.float() / 255
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
+    raw_cov = torch.cov(patches.T)
+    raw_corr = raw_cov / torch.sqrt(raw_cov.diag().outer(raw_cov.diag()))
+    assert raw_corr.fill_diagonal_(0).abs().max() > 0.9  # the input really is correlated
+    out = patches @ model.whiten_weight[:12].reshape(12, -1).double().T
+    cov = torch.cov(out.T)
+    off_diag = cov - torch.diag(cov.diag())
+    assert off_diag.abs().max() < 1e-3
+    assert cov.diag().max() < 1.0 + 1e-6 and cov.diag()[-4:].min() > 0.9  # ~unit variance where eig >> eps
+    assert torch.equal(model.whiten_weight[12:], -model.whiten_weight[:12])
+    assert torch.equal(whitening_filters(images.float() / 255), model.whiten_weight)  # deterministic
+
+
+def test_optimizer_state_round_trips():
+    torch.manual_seed(0)
+    model = SpeedNet()
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+
+    def step(opt):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+    opt = model.optimizer_groups(0.24, 0.004, batch_size=8)
+    assert [g["muon"] for g in opt.param_groups] == [True, False, False]
+    step(opt)
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_opt = copy.deepcopy(opt.state_dict())  # state_dict holds live tensors
+    step(opt)
+    after = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(saved_model)
+    fresh = model.optimizer_groups(0.24, 0.004, batch_size=8)
+    fresh.load_state_dict(saved_opt)
+    step(fresh)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, after[k], msg=k)
+    assert not torch.equal(after["groups.0.conv1.weight"], saved_model["groups.0.conv1.weight"])
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    model = create_model("cifar_speednet", num_classes=10)
+    model.init_from_data(smooth_images())
+    with torch.no_grad():
+        model.train()(torch.randn(16, 3, 32, 32))  # move the BN running statistics
+    model.eval()
+    recipe = get_recipe("fast")
+    meta = CheckpointMeta(arch=recipe.arch, level=recipe.level, img_size=32, num_classes=10,
+                          class_names=[str(i) for i in range(10)], mean=list(recipe.mean),
+                          std=list(recipe.std), seed=0, epoch=1, val_acc=0.5)
+    save_checkpoint(tmp_path / "best.safetensors", model.state_dict(), meta)
+    loaded, _ = load_checkpoint(tmp_path / "best.safetensors")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_fast_recipe_trains_end_to_end(tiny_cifar, tmp_path):
+    out = tmp_path / "out"
+    result = train(tiny_cifar, out, "--level", "fast", "--batch-size", "50", "--epochs", "2",
+                   "--train-limit", "200", "--eval-limit", "50")
+    assert "precision bf16" in result.stdout or "precision no" in result.stdout
+    run_dir = out / "Lfast-cifar_speednet"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["arch"] == "cifar_speednet" and results["num_params"] == EXPECTED_PARAMS
+    assert results["test_acc"] > 0.5, results  # the tiny fixture's classes show as colours
+    assert results["test_acc_tta"] is not None and results["tta_views"] == get_recipe("fast").tta
+    model, meta = load_checkpoint(run_dir / "best.safetensors")
+    assert meta.arch == "cifar_speednet" and meta.test_acc == results["test_acc"]
+    assert model.whiten_weight.abs().sum() > 0
