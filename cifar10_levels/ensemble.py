@@ -12,16 +12,16 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from . import voting
-from .checkpoint import CheckpointMeta, load_checkpoint, read_meta
 from .cli import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
 from .files import atomic_path, ensure_writable_dir, write_json
-from .models import PICKLE_SUFFIXES, known_arch, refuse_pickle
+
+if TYPE_CHECKING:  # torch and timm load after argument parsing, so --help stays instant
+    import torch
+
+    from .checkpoint import CheckpointMeta
 
 BEST_NAME = "best.safetensors"
 STATE_DIR_NAMES = ("state", "state.old", "state.tmp")   # Accelerate's save_state holds bare weights
@@ -31,21 +31,21 @@ SPLITS = ("val", "test")                                # val for the weights, t
 
 def ensemble_parser() -> argparse.ArgumentParser:
     p = Parser(prog="ensemble.py", description="Vote across checkpoints trained by train.py: "
-               "majority (the write-up's), soft and weighted, side by side with every member.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "majority (the write-up's), soft and weighted, side by side with every member.")
     p.add_argument("--weights", nargs="+", required=True, metavar="PATH",
                    help=f"directories (the {BEST_NAME} of each run under them) or .safetensors files")
     p.add_argument("--dataset", metavar="PATH", help="local copy in the uoft-cs/cifar10 layout "
                    "(default: the Hugging Face Hub)")
     p.add_argument("--eval-limit", type=positive(int), metavar="N", help="stratified val/test subsets")
-    p.add_argument("--tta", type=non_negative_int, default=1,
-                   help="test-time augmentation views for every member (0/1 = off)")
-    p.add_argument("--img-size", type=positive(int),
+    p.add_argument("--tta", type=non_negative_int, default=1, metavar="N",
+                   help="test-time augmentation views for every member (default 1 = off)")
+    p.add_argument("--img-size", type=positive(int), metavar="PX",
                    help="evaluate every member at this size (default: each at its own training size)")
-    p.add_argument("--batch-size", type=positive(int), default=256, help="per device")
-    p.add_argument("--output-dir", help="where ensemble_results.json and the confusion PNG go "
-                   "(default: the first --weights directory)")
-    p.add_argument("--report-to", choices=("none", "wandb"), default="none")
+    p.add_argument("--batch-size", type=positive(int), default=256, help="per device (default 256)")
+    p.add_argument("--output-dir", metavar="DIR", help="where ensemble_results.json and "
+                   "ensemble_confusion.png go (default: the first --weights directory)")
+    p.add_argument("--report-to", choices=("none", "wandb"), default="none",
+                   help="wandb: log the table to a W&B run (offline without a key)")
     p.add_argument("--wandb-project", default="cifar10-levels")
     return p
 
@@ -71,6 +71,8 @@ def _is_checkpoint_candidate(path: Path, root: Path) -> bool:
 def find_checkpoints(paths: list[str]) -> list[Path]:
     """Files as given; a directory gives the best checkpoint of each run under it (or, with no
     best.safetensors anywhere, every .safetensors that is not a cache or training state)."""
+    from .models import PICKLE_SUFFIXES, refuse_pickle
+
     found: list[Path] = []
     for text in paths:
         path = Path(text)
@@ -95,6 +97,9 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
 
 def read_members(paths: list[Path], img_size: int | None) -> list[Member]:
     """Validate every file's metadata and agree on the classes before anything heavy runs."""
+    from .checkpoint import read_meta
+    from .models import known_arch
+
     members = []
     for path in paths:
         meta = read_meta(path, "--weights")
@@ -147,6 +152,7 @@ def cache_path(member: Member, setting: EvalSetting) -> Path:
 
 
 def load_cached(path: Path, labels: torch.Tensor) -> torch.Tensor | None:
+    import torch
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -199,6 +205,10 @@ def evaluate_members(accelerator, members: list[Member], splits: dict, data_hash
                      eval_limit: int | None, tta: int, batch_size: int, write_cache: bool
                      ) -> list[MemberEval]:
     """Cached probabilities where present; every missing file is loaded (and so validated) first."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+
     def setting(member: Member, split: str) -> EvalSetting:
         return EvalSetting(split, eval_limit, tta, member.eval_img_size, data_hashes[split])
 
@@ -231,6 +241,8 @@ def evaluate_members(accelerator, members: list[Member], splits: dict, data_hash
 
 def check_sizes(todo: list) -> None:
     """A dry forward pass per member: a clear error for a size the model cannot take."""
+    import torch
+
     for member, _, model in todo:
         try:
             with torch.inference_mode():
@@ -269,6 +281,10 @@ class EnsembleReport:
 def score_votes(val: torch.Tensor, val_labels: torch.Tensor, test: torch.Tensor,
                 test_labels: torch.Tensor) -> list[VoteScore]:
     """Every vote on val and test; weights only ever come from val."""
+    import torch
+
+    from . import voting
+
     member_val_acc = torch.tensor([voting.accuracy(p.argmax(1), val_labels) for p in val])
     acc_weights = voting.accuracy_weights(member_val_acc.clamp_min(1e-6))
     fitted = voting.fit_mixture_weights(val, val_labels)
@@ -288,6 +304,8 @@ def score_votes(val: torch.Tensor, val_labels: torch.Tensor, test: torch.Tensor,
 
 def build_report(members: list[Member], probs: dict[str, torch.Tensor],
                  labels: dict[str, torch.Tensor]) -> EnsembleReport:
+    from . import voting
+
     votes = score_votes(probs["val"], labels["val"], probs["test"], labels["test"])
     best = max(votes, key=lambda v: v.val_acc)  # chosen on val, so the test number stays honest
     test_preds = probs["test"].argmax(2)
@@ -313,6 +331,8 @@ def build_report(members: list[Member], probs: dict[str, torch.Tensor],
 
 
 def format_report(report: EnsembleReport, labels: list[str]) -> str:
+    from . import voting
+
     width = max(28, *(len(x) + 2 for x in labels))
     arch_width = max(18, *(len(m["arch"]) + 1 for m in report.members))
     wide = width + arch_width + 6   # label, arch and px columns
@@ -379,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(members) > 1 and output_dir.exists():
         ensure_writable_dir(output_dir)  # fail before the evaluation, but create nothing yet
 
+    import numpy as np
+    import torch
     from accelerate import Accelerator
 
+    from . import voting
     from .data import load_cifar10
     from .plots import plot_confusion
 
@@ -429,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def results_json(report: EnsembleReport, evals: list[MemberEval], vote_seconds: float) -> dict:
+    from . import voting
+
     return {
         "members": report.members,
         "votes": {v.name: {"description": v.description, "val_acc": v.val_acc,
@@ -447,6 +472,8 @@ def results_json(report: EnsembleReport, evals: list[MemberEval], vote_seconds: 
 
 
 def hardware_name(accelerator) -> str:
+    import torch
+
     if accelerator.device.type == "cuda":
         return f"{accelerator.num_processes} x {torch.cuda.get_device_name(accelerator.device)}"
     return f"{accelerator.num_processes} CPU process(es), {torch.get_num_threads()} threads each"

@@ -19,15 +19,16 @@ WHITEN_KERNEL = 2
 WHITEN_EPS = 5e-4
 HEAD_SCALE = 1 / 9             # small logits at the start; the head lr is large
 WHITEN_PATCH_IMAGES = 5000     # images whose patches estimate the covariance (deterministic: the first N)
-# SGD lrs per image of the batch, and momenta (the loss is a batch mean, so lr x batch size).
-BIAS_LR_PER_IMAGE = 0.053 / 0.24    # as fractions of the Muon lr, so --lr scales every group
+# SGD lrs per image of the batch as fractions of the Muon lr (the loss is a batch mean, so lr x batch
+# size; --lr scales every group), and momenta.
+BIAS_LR_PER_IMAGE = 0.053 / 0.24
 HEAD_LR_PER_IMAGE = 0.67 / 0.24
 SGD_MOMENTUM = 0.85
 MUON_MOMENTUM = 0.6
 
 
 class ShiftOnlyBatchNorm(nn.BatchNorm2d):
-    """BatchNorm whose scale is fixed at 1: only the shift learns (a buffer-free, unfreezable 1)."""
+    """BatchNorm with its scale fixed at 1 (no weight to unfreeze by mistake): only the shift learns."""
 
     def __init__(self, num_features: int, momentum: float = 0.4, eps: float = 1e-12):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -44,6 +45,15 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def check_one_process_group(accelerator) -> None:
+    """A launcher that started N processes which did not join one group: N runs on the same files."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise UserError(f"the launcher started {launched} processes but each one trains alone (no GPU "
+                        "for --multi_gpu?); for CPU processes launch with ACCELERATE_USE_CPU=1 "
+                        "accelerate launch --multi_gpu ... (see docs/distributed.md)")
+
+
 def find_state_dir(run_dir: Path) -> Path | None:
     for candidate in (run_dir / STATE_DIR, run_dir / (STATE_DIR + ".old")):
         if (candidate / "train_state.json").exists():
@@ -69,6 +79,7 @@ class Trainer:
                 non_blocking=torch.cuda.is_available()),
             log_with=tracker_names(opts.report_to) or None, project_dir=str(self.run_dir))
         acc = self.accelerator
+        check_one_process_group(acc)
         if acc.is_main_process:
             check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
         acc.wait_for_everyone()

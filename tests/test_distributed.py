@@ -113,6 +113,20 @@ def test_resume_after_a_two_process_run(two_process_run):
     assert len(wandb_ids) == 1, f"the resumed run should continue the same W&B run: {wandb_ids}"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+def test_processes_that_do_not_join_one_group_are_refused(tiny_cifar, tmp_path):
+    """--multi_gpu without GPUs or ACCELERATE_USE_CPU=1 starts lone processes: not two runs on one dir."""
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    command = accelerate_launch_two(ROOT / "train.py", "--dataset", tiny_cifar, "--output-dir", tmp_path,
+                                    *TINY_TRAIN, "--arch", "test_resnet", "--epochs", "0", "1")
+    result = subprocess.run([str(c) for c in command], cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode != 0
+    assert "the launcher started 2 processes but each one trains alone" in result.stderr
+    assert "ACCELERATE_USE_CPU=1" in result.stderr
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
 # ---- the Trainer and loop.evaluate in 1, 2 and 3 processes -------------------------------------
 
 @pytest.fixture(scope="module")

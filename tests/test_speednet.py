@@ -11,7 +11,7 @@ from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_chec
 from cifar10_levels.models import create_model, set_backbone_trainable
 from cifar10_levels.recipes import get_recipe
 from cifar10_levels.speednet import SpeedNet, whitening_filters
-from conftest import train
+from conftest import run_cli, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
 
@@ -108,7 +108,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
-def test_fast_recipe_trains_end_to_end(tiny_cifar, tmp_path):
+def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     out = tmp_path / "out"
     result = train(tiny_cifar, out, "--level", "fast", "--batch-size", "50", "--epochs", "2",
                    "--train-limit", "200", "--eval-limit", "50")
@@ -121,3 +121,7 @@ def test_fast_recipe_trains_end_to_end(tiny_cifar, tmp_path):
     model, meta = load_checkpoint(run_dir / "best.safetensors")
     assert meta.arch == "cifar_speednet" and meta.test_acc == results["test_acc"]
     assert model.whiten_weight.abs().sum() > 0
+    voted = run_cli("ensemble.py", "--weights", run_dir, "--dataset", tiny_cifar, "--eval-limit", "50",
+                    "--output-dir", tmp_path / "vote", "--report-to", "none")
+    assert voted.returncode == 0, voted.stderr
+    assert "cifar_speednet" in voted.stdout and (tmp_path / "vote" / "ensemble_results.json").exists()
