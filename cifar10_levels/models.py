@@ -83,7 +83,10 @@ def count_parameters(model: nn.Module) -> int:
 
 def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without DDP's `module.` or torch.compile's `_orig_mod.` prefixes."""
-    state = model.state_dict()
+    return clean_state_dict(model.state_dict())
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     clean = {}
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):

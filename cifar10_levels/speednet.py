@@ -17,7 +17,6 @@ from .errors import UserError
 WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
 WHITEN_EPS = 5e-4
-HEAD_SCALE = 1 / 9             # small logits at the start; the head lr is large
 WHITEN_PATCH_IMAGES = 5000     # images whose patches estimate the covariance (deterministic: the first N)
 # SGD lrs per image of the batch as fractions of the Muon lr (the loss is a batch mean, so lr x batch
 # size; --lr scales every group), and momenta.
@@ -80,7 +79,7 @@ def whitening_filters(images: torch.Tensor, kernel: int = WHITEN_KERNEL,
 
 
 class SpeedNet(nn.Module):
-    """Whitening 2x2 conv (frozen buffer) -> GELU -> 3 conv groups -> global max pool -> linear/9."""
+    """Whitening 2x2 conv (frozen buffer) -> GELU -> 3 conv groups -> global max pool -> linear/width."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = WIDTHS):
         super().__init__()
@@ -93,7 +92,7 @@ class SpeedNet(nn.Module):
         channels = (whiten_width, *widths)
         self.groups = nn.Sequential(*[ConvGroup(a, b) for a, b in zip(channels, channels[1:])])
         self.num_features = widths[-1]
-        self.head = nn.Linear(self.num_features, num_classes, bias=False)
+        self.reset_classifier(num_classes)
 
     def init_from_data(self, images_uint8: torch.Tensor) -> None:
         """Set the frozen first layer from the patch covariance of (the first) training images."""
@@ -107,6 +106,8 @@ class SpeedNet(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes, bias=False) if num_classes \
             else nn.Identity()
+        if num_classes:
+            nn.init.normal_(self.head.weight)  # unit weights; forward_head divides by the width
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.conv2d(x, self.whiten_weight.to(x.dtype), self.whiten_bias.to(x.dtype))
@@ -114,7 +115,7 @@ class SpeedNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.amax(x, dim=(2, 3))
-        return x if pre_logits else self.head(x) * HEAD_SCALE
+        return x if pre_logits else self.head(x) / self.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

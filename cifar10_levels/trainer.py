@@ -23,7 +23,7 @@ from .loop import (Diverged, EvalResult, RunOptions, StopFlag, Stopped, TrainSta
                    build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
                    train_one_epoch)
 from .models import (count_parameters, create_model, set_backbone_trainable, set_train_mode,
-                     unwrapped_state_dict)
+                     clean_state_dict)
 from .recipes import Phase, Recipe
 
 STATE_DIR = "state"
@@ -205,9 +205,10 @@ class Trainer:
                               recipe=r.to_dict())
 
     def save_checkpoint(self, name: str, meta: CheckpointMeta) -> None:
+        """Called on every process: under FSDP get_state_dict gathers the full weights."""
+        state = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
-            save_checkpoint(self.run_dir / f"{name}.safetensors",
-                            unwrapped_state_dict(self.accelerator.unwrap_model(self.model)), meta)
+            save_checkpoint(self.run_dir / f"{name}.safetensors", clean_state_dict(state), meta)
 
     # ---- the run --------------------------------------------------------------------------
     def prepare_phase(self, phase: Phase) -> None:
@@ -337,10 +338,8 @@ class Trainer:
                                                          "test": len(self.data.test)},
             "target": recipe.target, "version": __version__, "recipe": recipe.to_dict(),
         }
+        self.save_checkpoint("best", self.meta(state.best_epoch, state.best_val_acc, test.acc))
         if acc.is_main_process:
-            save_checkpoint(self.run_dir / "best.safetensors",
-                            unwrapped_state_dict(acc.unwrap_model(self.model)),
-                            self.meta(state.best_epoch, state.best_val_acc, test.acc))
             write_json(self.run_dir / "results.json", results)
         self.print_results(results)
         self.log.final(results, test, self.data)
