@@ -304,7 +304,7 @@ def score_votes(val: torch.Tensor, val_labels: torch.Tensor, test: torch.Tensor,
 
 def build_report(members: list[Member], probs: dict[str, torch.Tensor],
                  labels: dict[str, torch.Tensor]) -> EnsembleReport:
-    from . import voting
+    from . import metrics, voting
 
     votes = score_votes(probs["val"], labels["val"], probs["test"], labels["test"])
     best = max(votes, key=lambda v: v.val_acc)  # chosen on val, so the test number stays honest
@@ -324,9 +324,9 @@ def build_report(members: list[Member], probs: dict[str, torch.Tensor],
         majority_ties_val=int(voting.majority_ties(probs["val"]).sum()),
         pairwise_disagreement_test=voting.pairwise_disagreement(test_preds).tolist(),
         mean_disagreement_test=voting.mean_disagreement(test_preds),
-        per_class_acc=dict(zip(class_names, voting.per_class_accuracy(
+        per_class_acc=dict(zip(class_names, metrics.per_class_accuracy(
             best.test_preds, labels["test"], num_classes))),
-        confusion_matrix=voting.confusion_matrix(best.test_preds, labels["test"], num_classes).tolist(),
+        confusion_matrix=metrics.confusion_matrix(best.test_preds, labels["test"], num_classes).tolist(),
         class_names=class_names)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import write_text
+from .metrics import confusion_matrix
 
 REPORT_CHOICES = ("wandb", "tensorboard", "all", "none")
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -222,11 +223,6 @@ def finish_trackers(accelerator) -> None:
         print(f"W&B run saved offline; upload it with: wandb sync {target}", flush=True)
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(
-        num_classes, num_classes)
-
-
 class RunLog:
     """A training run's records. Trackers exist on the main process only (Accelerate starts them
     there); the other processes only pass through."""
@@ -301,7 +297,7 @@ class RunLog:
 
         names = data.class_names
         labels, preds = test.labels.numpy(), test.preds.numpy()
-        matrix = confusion_matrix(labels, preds, len(names))
+        matrix = confusion_matrix(test.preds, test.labels, len(names)).numpy()
         shown = f"test acc {results['test_acc']:.2%} on {len(labels)} images"
         plot_confusion(matrix, names, self.run_dir / "confusion.png", f"{self.run_name}: {shown}")
         plot_per_class(results["per_class_acc"], results["test_acc"], self.run_dir / "per_class.png",

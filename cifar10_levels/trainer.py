@@ -19,7 +19,8 @@ from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
 from .files import (check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json,
                     write_text)
-from .loop import (Diverged, EvalResult, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
+from .metrics import per_class_accuracy
+from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
                    build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
                    train_one_epoch)
 from .models import (count_parameters, create_model, set_backbone_trainable, set_train_mode,
@@ -321,7 +322,7 @@ class Trainer:
         test = evaluate(acc, self.model, test_loader, self.normalize, 1)
         tta = evaluate(acc, self.model, test_loader, self.normalize, recipe.tta) \
             if recipe.tta > 1 else None
-        per_class = per_class_accuracy(test, len(self.data.class_names))
+        per_class = per_class_accuracy(test.preds, test.labels, len(self.data.class_names))
         history = state.history
         results = {
             "level": recipe.level, "arch": recipe.arch, "title": recipe.title,
@@ -358,11 +359,3 @@ class Trainer:
         lines.append(f"results: {self.run_dir / 'results.json'}")
         self.print("\n".join(lines))
 
-
-def per_class_accuracy(result: EvalResult, num_classes: int) -> list[float]:
-    preds = result.preds
-    out = []
-    for c in range(num_classes):
-        mask = result.labels == c
-        out.append((preds[mask] == c).float().mean().item() if mask.any() else float("nan"))
-    return out

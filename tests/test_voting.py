@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cifar10_levels import voting
+from cifar10_levels import metrics, voting
 
 
 def probs(*members: list[list[float]]) -> torch.Tensor:
@@ -94,7 +94,7 @@ def test_pairwise_disagreement_on_constructed_predictions():
 def test_confusion_matrix_and_per_class_accuracy():
     labels = torch.tensor([0, 0, 1, 1, 2])
     preds = torch.tensor([0, 1, 1, 1, 0])
-    assert voting.confusion_matrix(preds, labels, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    per_class = voting.per_class_accuracy(preds, labels, 4)
+    assert metrics.confusion_matrix(preds, labels, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    per_class = metrics.per_class_accuracy(preds, labels, 4)
     assert per_class[:3] == pytest.approx([0.5, 1.0, 0.0])
     assert per_class[3] != per_class[3]   # nan: class absent
