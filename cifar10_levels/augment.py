@@ -1,8 +1,9 @@
 """Batched augmentation on the training device: uint8 32x32 in, normalized model-size floats out.
 
-Pixel ops (crop, flip, RandAugment) run on the uint8 32x32 batch; colour jitter, resize,
-normalization, random erasing and Mixup/CutMix run on float batches. Randomness comes from the
-process's global RNGs, which the loop seeds differently on every process.
+Pixel ops (crop, flip, RandAugment) run on the uint8 32x32 batch; colour jitter, normalization,
+random erasing and Mixup/CutMix on the float 32x32 batch; the resize to the model's size comes
+last. Randomness comes from the process's global RNGs, which the loop seeds differently on every
+process.
 """
 from __future__ import annotations
 
@@ -91,16 +92,23 @@ class Normalizer:
     std: tuple[float, float, float]
     channels_last: bool = False
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean/std normalization at the input's own size."""
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        # Before the resize: exact (bilinear weights sum to 1) and 16x fewer pixels at 32 -> 128 px.
-        x = (x - mean) / std
+        return (x - mean) / std
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
             x = resize_bilinear(x, self.img_size)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalizing before the resize is exact (bilinear weights sum to 1) and touches 16x fewer
+        # pixels at 32 -> 128 px.
+        return self.resize(self.standardize(x))
 
 
 class TrainAugment:
@@ -136,12 +144,15 @@ class TrainAugment:
         x = x.float().div_(255)
         if p.color_jitter:
             x = color_jitter(x, p.color_jitter)
-        x = self.normalize(x)
+        # Erasing and Mixup/CutMix run at 32 px too, in timm's order; resizing last keeps every op
+        # on 16x fewer pixels than at 128 px, and the upsampled result carries the same content.
+        x = self.normalize.standardize(x)
         if self.erasing is not None:
             x = self.erasing(x)
+        targets = labels
         if mix and self.mixup is not None:
-            return self.mixup(x, labels)
-        return x, labels
+            x, targets = self.mixup(x, labels)
+        return self.normalize.resize(x), targets
 
 
 def tta_views(images: torch.Tensor, count: int) -> list[torch.Tensor]:

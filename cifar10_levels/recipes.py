@@ -85,7 +85,7 @@ LEVELS: dict[str, Recipe] = {
                 phases=_two_phases(20, 1e-4, mix=True), augment=_ADVANCED,
                 label_smoothing=0.1, tta=5, target=">= 93-97%"),
     "fast": Recipe(level="fast", title="fast CPU recipe", arch="cifar_speednet", img_size=32,
-                   phases=(Phase("full", epochs=8, lr=0.24, train_backbone=True),),
+                   phases=(Phase("full", epochs=4, lr=0.24, train_backbone=True),),
                    augment=Augment(crop_padding=2, flip=True, color_jitter=0.0),
                    label_smoothing=0.2, tta=4, batch_size=2000, weight_decay=0.004,
                    optimizer="fast", schedule="linear", warmup_steps=0, pretrained=False,
