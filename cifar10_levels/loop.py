@@ -172,6 +172,12 @@ class EpochStats:
     seconds: float
 
 
+def nonfinite_on_any_process(accelerator, loss: torch.Tensor) -> bool:
+    """Every process skips together: one rank skipping DDP's backward would hang the others."""
+    flag = torch.isfinite(loss.detach()).logical_not().float()
+    return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
 def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
     """One pass over the (sharded) training loader. `run` is a Trainer holding the parts."""
     acc_ = run.accelerator
@@ -184,20 +190,20 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
     seen = 0
     start = time.perf_counter()
     state = run.state
+    scaled = acc_.scaler is not None
+    streak = torch.tensor(float(state.nonfinite), device=device)  # non-finite losses in a row
     bar = run.progress_bar(len(loader) + skip, initial=skip, desc=f"{phase.name} ep {state.epoch + 1}")
     for i, (images, labels) in enumerate(loader, start=skip):
         with acc_.accumulate(model):
             x, targets = run.augment(images, labels, mixing)
             logits = model(x)
             loss = loss_fn(logits.float(), targets)
-            # every process skips together: one rank skipping DDP's backward would hang the others
-            if acc_.reduce(torch.isfinite(loss).logical_not().float(), reduction="sum").item() == 0:
-                state.nonfinite = 0
+            streak = (streak + 1) * torch.isfinite(loss.detach()).logical_not()
+            # fp16's GradScaler skips non-finite steps by itself, so only the other precisions
+            # pay a device sync to skip them (NaN gradients would ruin the weights)
+            if scaled or not nonfinite_on_any_process(acc_, loss):
                 acc_.backward(loss)
                 optimizer.step()
-            else:  # skip the step, as fp16 grad scaling does: NaN gradients would ruin the weights
-                state.nonfinite += 1
-                run.check_divergence(phase, loss)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         n = labels.shape[0]
@@ -206,6 +212,8 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
         correct += (logits.argmax(1) == dominant_label(targets)).sum()
         state.step = i + 1
         state.global_step += 1
+        if not scaled or state.global_step % STOP_CHECK_EVERY == 0:
+            run.check_divergence(phase, streak, loss)
         if bar is not None:
             bar.update(1)
         if state.global_step % LOG_EVERY == 0:
@@ -218,6 +226,7 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
             raise Stopped
     if bar is not None:
         bar.close()
+    run.check_divergence(phase, streak, loss)
     seconds = time.perf_counter() - start
     totals = acc_.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
                          reduction="sum")

@@ -161,13 +161,15 @@ class Trainer:
         self.log.step({"train/step_loss": loss, "train/lr": lr, "train/images_per_s": images_per_s},
                       self.state.global_step)
 
-    def check_divergence(self, phase: Phase, loss: torch.Tensor) -> None:
+    def check_divergence(self, phase: Phase, streak: torch.Tensor, loss: torch.Tensor) -> None:
+        """`streak`: non-finite losses in a row, kept on the device between checks."""
+        self.state.nonfinite = int(streak.item())
         if self.state.nonfinite >= self.opts.max_nonfinite:
             best = self.run_dir / "best.safetensors"
             kept = f"best checkpoint kept: {best}" if best.exists() else "no checkpoint saved yet"
             raise Diverged(
                 f"loss was non-finite ({loss.item()}) for {self.state.nonfinite} steps in a row, up to "
-                f"step {self.state.global_step + 1} in phase '{phase.name}'; {kept}; "
+                f"step {self.state.global_step} in phase '{phase.name}'; {kept}; "
                 "try --mixed-precision bf16 (where supported) or no, or a lower --lr")
 
     # ---- state ----------------------------------------------------------------------------
