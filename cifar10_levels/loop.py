@@ -69,15 +69,23 @@ class TrainState:
 
 @dataclass
 class EvalResult:
-    loss: float
+    loss: float                   # cross-entropy of the identity view
     acc: float
     probs: torch.Tensor           # (N, C) mean softmax over the views, every sample once
     labels: torch.Tensor
-    plain_acc: float              # the identity view alone
+    plain_probs: torch.Tensor     # (N, C) softmax of the identity view alone
 
     @property
     def preds(self) -> torch.Tensor:
         return self.probs.argmax(1)
+
+    @property
+    def plain_acc(self) -> float:
+        return (self.plain_probs.argmax(1) == self.labels).float().mean().item()
+
+    def plain(self) -> "EvalResult":
+        """The identity view's result, without evaluating again."""
+        return EvalResult(self.loss, self.plain_acc, self.plain_probs, self.labels, self.plain_probs)
 
 
 def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> float:
@@ -122,8 +130,7 @@ def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: 
     probs_t, labels_t, plain_t = torch.cat(probs), torch.cat(labels), torch.cat(plain_logits)
     loss = nn.functional.cross_entropy(plain_t, labels_t).item()
     return EvalResult(loss=loss, acc=(probs_t.argmax(1) == labels_t).float().mean().item(),
-                      probs=probs_t, labels=labels_t,
-                      plain_acc=(plain_t.argmax(1) == labels_t).float().mean().item())
+                      probs=probs_t, labels=labels_t, plain_probs=plain_t.softmax(1))
 
 
 def default_precision(recipe: Recipe) -> str:

@@ -13,6 +13,7 @@ from timm.models import register_model
 from torch import nn
 
 from .errors import UserError
+from .recipes import CIFAR10_MEAN, CIFAR10_STD
 
 WIDTHS = (64, 256, 256)
 WHITEN_KERNEL = 2
@@ -95,8 +96,11 @@ class SpeedNet(nn.Module):
         self.reset_classifier(num_classes)
 
     def init_from_data(self, images_uint8: torch.Tensor) -> None:
-        """Set the frozen first layer from the patch covariance of (the first) training images."""
-        sample = images_uint8[:WHITEN_PATCH_IMAGES].float().div(255)
+        """Set the frozen first layer from the patch covariance of (the first) training images,
+        normalized as the fast recipe feeds them (CIFAR-10 mean/std)."""
+        mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        sample = (images_uint8[:WHITEN_PATCH_IMAGES].float().div(255) - mean) / std
         self.whiten_weight.copy_(whitening_filters(sample))
 
     def get_classifier(self) -> nn.Module:

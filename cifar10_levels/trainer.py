@@ -100,8 +100,8 @@ class Trainer:
                              opts.pretrained_file)
         if hasattr(model, "init_from_data"):
             model.init_from_data(self.data.train.images)
-        self.channels_last = acc.device.type == "cuda" if opts.channels_last is None \
-            else opts.channels_last
+        self.channels_last = opts.channels_last if opts.channels_last is not None else (
+            acc.device.type == "cuda" or recipe.channels_last_cpu)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model: nn.Module = model
@@ -321,9 +321,8 @@ class Trainer:
         if self.prepared_val is None:
             self.prepared_val = acc.prepare(self.val_loader)
         test_loader = acc.prepare_data_loader(self.test_loader)
-        test = evaluate(acc, self.model, test_loader, self.normalize, 1)
-        tta = evaluate(acc, self.model, test_loader, self.normalize, recipe.tta) \
-            if recipe.tta > 1 else None
+        views = evaluate(acc, self.model, test_loader, self.normalize, max(recipe.tta, 1))
+        test, tta = views.plain(), (views if recipe.tta > 1 else None)
         per_class = per_class_accuracy(test.preds, test.labels, len(self.data.class_names))
         history = state.history
         results = {

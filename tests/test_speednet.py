@@ -9,7 +9,7 @@ import torch
 
 from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from cifar10_levels.models import create_model, set_backbone_trainable
-from cifar10_levels.recipes import get_recipe
+from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.speednet import SpeedNet, whitening_filters
 from conftest import run_cli, train
 
@@ -51,7 +51,8 @@ def test_whitening_init_decorrelates_patches():
     images = smooth_images()
     model = SpeedNet()
     model.init_from_data(images)
-    x = images.float() / 255
+    x = (images.float() / 255 - torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        CIFAR10_STD).view(1, 3, 1, 1)
     patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12).double()
     raw_cov = torch.cov(patches.T)
     raw_corr = raw_cov / torch.sqrt(raw_cov.diag().outer(raw_cov.diag()))
@@ -62,7 +63,7 @@ def test_whitening_init_decorrelates_patches():
     assert off_diag.abs().max() < 1e-3
     assert cov.diag().max() < 1.0 + 1e-6 and cov.diag()[-4:].min() > 0.9  # ~unit variance where eig >> eps
     assert torch.equal(model.whiten_weight[12:], -model.whiten_weight[:12])
-    assert torch.equal(whitening_filters(images.float() / 255), model.whiten_weight)  # deterministic
+    assert torch.equal(whitening_filters(x), model.whiten_weight)  # deterministic
 
 
 def test_optimizer_state_round_trips():
@@ -121,7 +122,8 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     model, meta = load_checkpoint(run_dir / "best.safetensors")
     assert meta.arch == "cifar_speednet" and meta.test_acc == results["test_acc"]
     assert model.whiten_weight.abs().sum() > 0
-    voted = run_cli("ensemble.py", "--weights", run_dir, "--dataset", tiny_cifar, "--eval-limit", "50",
-                    "--output-dir", tmp_path / "vote", "--report-to", "none")
+    voted = run_cli("ensemble.py", "--weights", run_dir / "best.safetensors", run_dir / "last.safetensors",
+                    "--dataset", tiny_cifar, "--eval-limit", "50", "--output-dir", tmp_path / "vote",
+                    "--report-to", "none")
     assert voted.returncode == 0, voted.stderr
     assert "cifar_speednet" in voted.stdout and (tmp_path / "vote" / "ensemble_results.json").exists()
