@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .recipes import Augment
 
+GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 RANDAUGMENT_GROUP = 8  # images sharing one draw of RandAugment ops; smaller = more diverse, slower
 
 # Test-time views: (horizontal flip, shift right px, shift down px). The first N are used.
@@ -55,18 +56,16 @@ def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
 
 
 def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
-    """Brightness, contrast and saturation, each a per-image factor in [1-s, 1+s]; x in [0, 1]."""
+    """Brightness, then contrast, then saturation, each a per-image factor in [1-s, 1+s]; x in [0, 1].
+
+    The three are linear in x, so they fold into one pass: with g the grey image and m its mean,
+    saturation(contrast(brightness(x))) = b*c*(s*x + (1-s)*g) + (1-c)*b*m.
+    """
     n = x.shape[0]
-
-    def factor() -> torch.Tensor:
-        return torch.empty(n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength)
-
-    x = x * factor()
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray.mean(dim=(2, 3), keepdim=True)) * factor() + gray.mean(dim=(2, 3), keepdim=True)
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = (x - gray) * factor() + gray
-    return x.clamp_(0, 1)
+    b, c, s = torch.empty(3, n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength)
+    gray = (x * GRAY_WEIGHTS.to(x.device)).sum(1, keepdim=True)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    return (x * s + gray * (1 - s)).mul_(b * c).add_((1 - c) * b * mean).clamp_(0, 1)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 from accelerate.utils import set_seed
 
@@ -140,6 +145,29 @@ def _augment_on_each_rank():
 
 
 def test_each_rank_augments_differently_and_reproducibly():
-    from accelerate import debug_launcher
+    # debug_launcher forks: do it from a fresh interpreter, since forking a process whose OpenMP
+    # thread pool already ran (earlier tests) can deadlock the children
+    code = ("from accelerate import debug_launcher; import test_augment; "
+            "debug_launcher(test_augment._augment_on_each_rank, num_processes=2)")
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
-    debug_launcher(_augment_on_each_rank, num_processes=2)
+
+def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation():
+    from cifar10_levels.augment import color_jitter
+
+    def gray(x):
+        return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+    x = torch.rand(32, 3, 32, 32)
+    torch.manual_seed(3)
+    b, c, s = torch.empty(3, 32, 1, 1, 1).uniform_(0.8, 1.2)
+    x1 = x * b
+    m = gray(x1).mean(dim=(2, 3), keepdim=True)
+    x2 = (x1 - m) * c + m
+    expected = ((x2 - gray(x2)) * s + gray(x2)).clamp(0, 1)
+    torch.manual_seed(3)
+    assert torch.allclose(color_jitter(x, 0.2), expected, atol=1e-6)
