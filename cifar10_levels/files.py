@@ -21,8 +21,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would make results unreadable to others
         yield tmp
+        # mkstemp's (or a writer's own) 0600 would make results unreadable to others
+        os.chmod(tmp, 0o666 & ~UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
