@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .augment import Normalizer, TrainAugment, tta_views
+from .augment import Normalizer, tta_views
 from .errors import UserError
 from .recipes import Phase, Recipe
 
@@ -240,7 +240,3 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
     total_seen = max(totals[2].item(), 1.0)
     return EpochStats(loss=totals[0].item() / total_seen, acc=totals[1].item() / total_seen,
                       images=int(total_seen), seconds=seconds)
-
-
-def result_dict(state: TrainState) -> dict:
-    return asdict(state)

@@ -296,7 +296,7 @@ class RunLog:
         from .plots import plot_confusion, plot_per_class
 
         names = data.class_names
-        labels, preds = test.labels.numpy(), test.preds.numpy()
+        labels = test.labels.numpy()
         matrix = confusion_matrix(test.preds, test.labels, len(names)).numpy()
         shown = f"test acc {results['test_acc']:.2%} on {len(labels)} images"
         plot_confusion(matrix, names, self.run_dir / "confusion.png", f"{self.run_name}: {shown}")

@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny learnable CIFAR-10 look-alike in the Hub layout, and a way to run the CLIs."""
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys

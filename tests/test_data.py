@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 
 from cifar10_levels.data import load_cifar10, make_loader, stratified_split, stratified_subset
