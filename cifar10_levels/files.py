@@ -47,13 +47,6 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append by rewriting: the file holds either all lines before or all lines after."""
-    path = Path(path)
-    old = path.read_text() if path.exists() else ""
-    write_text(path, old + line.rstrip("\n") + "\n")
-
-
 def check_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:
     """Fail at start, before anything is written: `path` must be (or become) a writable directory."""
     path = Path(path)

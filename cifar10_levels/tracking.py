@@ -223,6 +223,12 @@ def finish_trackers(accelerator) -> None:
         print(f"W&B run saved offline; upload it with: wandb sync {target}", flush=True)
 
 
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """history.jsonl rewritten whole from the run's state, so an epoch repeated after --resume is
+    never listed twice."""
+    write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
 class RunLog:
     """A training run's records. Trackers exist on the main process only (Accelerate starts them
     there); the other processes only pass through."""
@@ -279,9 +285,7 @@ class RunLog:
     def epoch(self, record: dict) -> None:
         if not self.main:
             return
-        # rewritten from the saved state, so an epoch repeated after --resume is not listed twice
-        write_text(self.run_dir / "history.jsonl",
-                   "".join(json.dumps(h) + "\n" for h in self.trainer.state.history))
+        write_history(self.run_dir, self.trainer.state.history)
         values = {EPOCH_METRICS[k]: v for k, v in record.items() if k in EPOCH_METRICS}
         self.accelerator.log({"epoch": record["epoch"], "phase": record["phase"], **values},
                              step=self.trainer.state.global_step)

@@ -17,15 +17,15 @@ from .augment import Normalizer, TrainAugment
 from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
-from .files import (check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json,
-                    write_text)
-from .metrics import per_class_accuracy
+from .files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
 from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
                    build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
                    train_one_epoch)
-from .models import (count_parameters, create_model, set_backbone_trainable, set_train_mode,
-                     clean_state_dict)
+from .metrics import per_class_accuracy
+from .models import (clean_state_dict, count_parameters, create_model, set_backbone_trainable,
+                     set_train_mode)
 from .recipes import Phase, Recipe
+from .tracking import write_history
 
 STATE_DIR = "state"
 
@@ -196,8 +196,7 @@ class Trainer:
             if meta.val_acc > self.state.best_val_acc:
                 self.state.best_val_acc, self.state.best_epoch = meta.val_acc, meta.epoch
         if self.accelerator.is_main_process:  # drop epochs logged after the state was saved
-            write_text(self.run_dir / "history.jsonl",
-                       "".join(json.dumps(record) + "\n" for record in self.state.history))
+            write_history(self.run_dir, self.state.history)
 
     def meta(self, epoch: int, val_acc: float, test_acc: float | None = None) -> CheckpointMeta:
         r = self.recipe
