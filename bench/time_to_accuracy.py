@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="CIFAR-10 in the uoft-cs layout")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one full run per seed")
     p.add_argument("--log-dir", type=Path, help="keep each run's train.py output here")
+    p.add_argument("--keep-runs", type=Path, metavar="DIR",
+                   help="keep each seed's run (checkpoints, results) in DIR/seed{N}/ (default: discard)")
     args, train_argv = p.parse_known_args(argv)
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
@@ -80,8 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     results = []
     for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            r = run_seed(seed, args.dataset, train_argv, Path(tmp), args.log_dir)
+        if args.keep_runs:
+            r = run_seed(seed, args.dataset, train_argv, args.keep_runs / f"seed{seed}", args.log_dir)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run_seed(seed, args.dataset, train_argv, Path(tmp), args.log_dir)
         results.append(r)
         tta = f"{r.test_acc_tta:.2%}" if r.test_acc_tta is not None else "-"
         print(f"| {r.seed} | {r.test_acc:.2%} | {tta} | {r.best_val_acc:.2%} | {r.wall_seconds:.0f} s | "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from .errors import UserError, exits_cleanly_on_user_error
@@ -53,6 +54,15 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float)
     r.add_argument("--label-smoothing", type=float)
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
+    a = p.add_argument_group("augmentation overrides (training policy; 0 turns a technique off)")
+    a.add_argument("--crop-padding", type=non_negative_int, metavar="PX", help="random crop padding")
+    a.add_argument("--color-jitter", type=float, metavar="S",
+                   help="brightness/contrast/saturation strength, 0 to 1")
+    a.add_argument("--randaugment-ops", type=non_negative_int, metavar="N", help="RandAugment ops")
+    a.add_argument("--randaugment-magnitude", type=non_negative_int, metavar="M", help="0 to 30")
+    a.add_argument("--random-erasing", type=float, metavar="P", help="probability, 0 to 1")
+    a.add_argument("--mixup-alpha", type=float, metavar="A", help="Mixup alpha (phases that mix)")
+    a.add_argument("--cutmix-alpha", type=float, metavar="A", help="CutMix alpha (phases that mix)")
     r.add_argument("--seed", type=int)
     r.add_argument("--no-pretrained", action="store_true", help="random init")
     r.add_argument("--pretrained-file", metavar="FILE",
@@ -86,8 +96,6 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    import dataclasses
-
     recipe = get_recipe(args.level)
     phases = recipe.phases
     for flag, values, fieldname in (("--epochs", args.epochs, "epochs"), ("--lr", args.lr, "lr")):
@@ -104,9 +112,29 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
         raise UserError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
     return recipe.with_overrides(
+        augment=augment_from_args(recipe.augment, args),
         arch=args.arch, img_size=args.img_size, phases=phases, batch_size=args.batch_size,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, tta=args.tta,
         seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None)
+
+
+AUGMENT_LIMITS = {"color_jitter": 1.0, "randaugment_magnitude": 30, "random_erasing": 1.0,
+                  "mixup_alpha": None, "cutmix_alpha": None, "crop_padding": 16, "randaugment_ops": 14}
+
+
+def augment_from_args(augment, args: argparse.Namespace):
+    """The recipe's policy with every augmentation flag given on the command line applied."""
+    changes = {}
+    for name, upper in AUGMENT_LIMITS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if value < 0 or (upper is not None and value > upper):
+            flag = "--" + name.replace("_", "-")
+            bounds = f"0 to {upper}" if upper is not None else ">= 0"
+            raise UserError(f"{flag} {value}: must be {bounds}")
+        changes[name] = value
+    return dataclasses.replace(augment, **changes)
 
 
 def check_recipe(recipe: Recipe) -> None:

@@ -171,3 +171,14 @@ def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation():
     expected = ((x2 - gray(x2)) * s + gray(x2)).clamp(0, 1)
     torch.manual_seed(3)
     assert torch.allclose(color_jitter(x, 0.2), expected, atol=1e-6)
+
+
+def test_augmentation_flags_override_only_what_they_name():
+    from cifar10_levels.cli import recipe_from_args, train_parser
+
+    args = train_parser().parse_args(["--level", "2", "--color-jitter", "0", "--random-erasing", "0.5"])
+    policy = recipe_from_args(args).augment
+    assert policy.color_jitter == 0 and policy.random_erasing == 0.5
+    untouched = {k: v for k, v in vars(LEVELS["2"].augment).items() if k not in ("color_jitter", "random_erasing")}
+    assert all(getattr(policy, k) == v for k, v in untouched.items())
+    assert recipe_from_args(train_parser().parse_args(["--level", "2"])).augment == LEVELS["2"].augment

@@ -97,6 +97,8 @@ CASES = [
     Case("img-size a ViT rejects", ("--arch", "test_vit", "--img-size", "40"), "--img-size 40"),
     Case("img-size a ConvNeXt rejects", ("--arch", "test_convnext", "--img-size", "24"), "--img-size 24"),
     Case("img-size too small", ("--img-size", "8"), "--img-size 8"),
+    Case("colour jitter above 1", ("--color-jitter", "1.5"), "--color-jitter 1.5"),
+    Case("negative Mixup alpha", ("--mixup-alpha", "-1"), "--mixup-alpha -1"),
     Case("dataset path missing", ("--dataset", "no/such/dir"), "--dataset no/such/dir"),
     Case("dataset without a test split", ("--dataset", BAD + "only_train"), BAD + "only_train"),
     Case("dataset without the img column", ("--dataset", BAD + "wrong_column"), BAD + "wrong_column"),
