@@ -72,14 +72,18 @@ def speednet_images(bf16: bool, batch: int = 500) -> Callable[[], float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (fp32, bf16, ...)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the CPU")
     args = p.parse_args(argv)
+    size, batch = (128, 8) if args.quick else (2048, 64)
     print(environment_header())
     print(f"AMX tiles: {torch.cpu._is_amx_tile_supported()}, oneDNN: {torch.backends.mkldnn.is_available()}, "
           f"ATen CPU capability: {torch.backends.cpu.get_cpu_capability()}\n")
-    rows = [("matmul 2048x2048", "GFLOP/s", lambda bf16: matmul_gflops(torch.bfloat16 if bf16 else torch.float32)),
-            ("conv 3x3 256->256 at 16 px, fwd+bwd", "GFLOP/s",
-             lambda bf16: conv_gflops(torch.bfloat16 if bf16 else torch.float32)),
-            ("cifar_speednet training step, batch 500", "img/s", speednet_images)]
+    dtype = (lambda bf16: torch.bfloat16 if bf16 else torch.float32)
+    rows = [(f"matmul {size}x{size}", "GFLOP/s", lambda bf16: matmul_gflops(dtype(bf16), size)),
+            (f"conv 3x3 256->256 at 16 px, batch {batch}, fwd+bwd", "GFLOP/s",
+             lambda bf16: conv_gflops(dtype(bf16), batch)),
+            (f"cifar_speednet training step, batch {batch * 8}", "img/s",
+             lambda bf16: speednet_images(bf16, batch * 8))]
     print("| work | unit | fp32 | bf16 | bf16 / fp32 |")
     print("|---|---|---|---|---|")
     for name, unit, make in rows:

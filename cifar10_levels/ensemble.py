@@ -58,9 +58,16 @@ class Member:
     eval_img_size: int
     sha256: str = ""
 
-    @property
-    def label(self) -> str:
-        return f"{self.path.parent.name}/{self.path.name}"
+
+
+def member_labels(paths: list[Path]) -> list[str]:
+    """Shortest path endings (at least run dir/file) that tell the members apart."""
+    parts = [Path(p).parts for p in paths]
+    for keep in range(2, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-keep:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
 
 
 def _is_checkpoint_candidate(path: Path, root: Path) -> bool:
@@ -420,10 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     evals = evaluate_members(accelerator, members, splits, data_hashes, args.eval_limit, tta,
                              args.batch_size, write_cache=len(members) > 1)
     labels = {s: images.labels for s, images in splits.items()}
-    member_labels = [m.label for m in members]
+    labels_of_members = member_labels([m.path for m in members])
     if len(members) == 1:
         acc = voting.accuracy(evals[0].probs["test"].argmax(1), labels["test"])
-        accelerator.print(f"{member_labels[0]} ({members[0].meta.arch}, {members[0].eval_img_size} px): "
+        accelerator.print(f"{labels_of_members[0]} ({members[0].meta.arch}, {members[0].eval_img_size} px): "
                           f"test accuracy {acc:.2%}")
         raise UserError(f"--weights: found only one checkpoint ({paths[0]}); an ensemble needs two "
                         "or more; pass more files or a directory with several runs")
@@ -436,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     results.update(tta_views=tta, forced_img_size=args.img_size, dataset=data.source,
                    split_sizes={s: len(i) for s, i in splits.items()},
                    hardware=hardware_name(accelerator))
-    accelerator.print(format_report(report, member_labels))
+    accelerator.print(format_report(report, labels_of_members))
     if accelerator.is_main_process:
         ensure_writable_dir(output_dir)
         write_json(output_dir / "ensemble_results.json", results)
@@ -446,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{output_dir / 'ensemble_confusion.png'}")
     if args.report_to == "wandb":
         args.output_dir = str(output_dir)
-        log_to_wandb(report, member_labels, results, args)
+        log_to_wandb(report, labels_of_members, results, args)
     accelerator.wait_for_everyone()
     return 0
 

@@ -157,7 +157,7 @@ def test_each_rank_augments_differently_and_reproducibly():
 
 
 def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation():
-    from cifar10_levels.augment import color_jitter
+    from cifar10_levels.augment import color_jitter_
 
     def gray(x):
         return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
@@ -170,7 +170,9 @@ def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation():
     x2 = (x1 - m) * c + m
     expected = ((x2 - gray(x2)) * s + gray(x2)).clamp(0, 1)
     torch.manual_seed(3)
-    assert torch.allclose(color_jitter(x, 0.2), expected, atol=1e-6)
+    assert torch.allclose(color_jitter_(x.clone(), 0.2), expected, atol=1e-6)
+    torch.manual_seed(3)  # on 0-255 values (the training path) it is the same map, scaled
+    assert torch.allclose(color_jitter_(x * 255, 0.2, max_value=255), expected * 255, atol=1e-4)
 
 
 def test_augmentation_flags_override_only_what_they_name():
@@ -182,3 +184,16 @@ def test_augmentation_flags_override_only_what_they_name():
     untouched = {k: v for k, v in vars(LEVELS["2"].augment).items() if k not in ("color_jitter", "random_erasing")}
     assert all(getattr(policy, k) == v for k, v in untouched.items())
     assert recipe_from_args(train_parser().parse_args(["--level", "2"])).augment == LEVELS["2"].augment
+
+
+def test_random_flip_mirrors_some_images_in_place_and_leaves_the_rest():
+    from cifar10_levels.augment import random_flip_
+
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    before = x.clone()
+    out = random_flip_(x)
+    assert out.data_ptr() == x.data_ptr()
+    mirrored = [torch.equal(o, b.flip(2)) for o, b in zip(out, before)]
+    kept = [torch.equal(o, b) for o, b in zip(out, before)]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 10 < sum(mirrored) < 54

@@ -2,6 +2,7 @@
 the data-path speed-ups they motivated compute exactly what the straightforward code computes."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,13 +53,32 @@ def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_pa
     assert 0 < leading_number(row[7]) < 10 and 0 < leading_number(row[8]) < 10
 
 
-def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar):
+def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
     out = bench("time_to_accuracy.py", "--dataset", tiny_cifar, "--seeds", "3", "--arch", "test_resnet",
                 "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1",
-                "--lr", "1e-2", "1e-2")
+                "--lr", "1e-2", "1e-2", "--keep-runs", tmp_path)
     row = table_row(out, "3")
     assert 0 <= leading_number(row[1]) <= 100 and row[1].endswith("%")
     assert "mean ± sd (1 seeds)" in out
+    kept = json.loads((tmp_path / "seed3" / "L1-test_resnet" / "results.json").read_text())
+    assert f"{kept['test_acc']:.2%}" == row[1]
+
+
+def test_plain_loop_baseline_trains_and_reports_per_seed(tiny_cifar):
+    out = bench("plain_loop.py", "--dataset", tiny_cifar, "--seeds", "1", "--arch", "test_resnet",
+                "--epochs", "1", "--workers", "0")
+    assert "plain loop: test_resnet 32 px, 1 epochs" in out and "jitter 0.2" in out
+    assert 0 <= leading_number(table_row(out, "1")[1]) <= 100
+    assert "mean ± sd (1 seeds)" in out
+
+
+def test_cpu_precision_compares_fp32_with_bf16():
+    out = bench("cpu_precision.py", "--quick", "--repeats", "1")
+    assert "AMX tiles:" in out
+    for work in ("matmul 128x128", "conv 3x3 256->256 at 16 px, batch 8, fwd+bwd",
+                 "cifar_speednet training step, batch 64"):
+        row = table_row(out, work)
+        assert leading_number(row[2]) > 0 and leading_number(row[3]) > 0 and leading_number(row[4]) > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")

@@ -208,3 +208,16 @@ def test_dataset_with_other_classes(capsys, tmp_path, tiny_cifar):
         make_checkpoint(tmp_path / "ckpts" / run / "best.safetensors", class_names=names)
     message = refused(capsys, tmp_path, "--weights", tmp_path / "ckpts", "--dataset", tiny_cifar)
     assert "--dataset" in message and "classes" in message
+
+
+def test_member_labels_grow_until_runs_with_the_same_file_names_differ():
+    from pathlib import Path
+
+    from cifar10_levels.ensemble import member_labels
+
+    same_names = [Path("/x/runs/seed0/Lfast-net/best.safetensors"),
+                  Path("/x/runs/seed1/Lfast-net/best.safetensors")]
+    assert member_labels(same_names) == ["seed0/Lfast-net/best.safetensors",
+                                         "seed1/Lfast-net/best.safetensors"]
+    assert member_labels([Path("a/L1-r18/best.safetensors"), Path("a/L3-eff/best.safetensors")]) == \
+        ["L1-r18/best.safetensors", "L3-eff/best.safetensors"]
