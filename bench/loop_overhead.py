@@ -60,6 +60,20 @@ def timed_epoch_of_ours(trainer: Trainer, phase: Phase):
     return run
 
 
+class FixedBatch:
+    """Stands in for the level's augmentation: the same pre-normalized batch every step, so a round
+    times the loop's own machinery (DataLoader, Accelerate, metrics, checks) without the augmentation."""
+
+    mixup = None
+
+    def __init__(self, trainer: Trainer):
+        with torch.no_grad():
+            self.batch = trainer.normalize(trainer.data.train.images[:trainer.recipe.batch_size])
+
+    def __call__(self, images, labels, mix):
+        return self.batch, labels
+
+
 def timed_epoch_of_bare_loop(trainer: Trainer, phase: Phase, batches: int):
     """Forward + backward + step over pre-normalized tensors: what a hand-written loop costs."""
     recipe = trainer.recipe
@@ -106,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (bare, ours, ...)")
     p.add_argument("--phase", type=int, help="phase index to time (default: the last, all layers)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-augment", action="store_true",
+                   help="ours without the augmentation (a fixed pre-normalized batch): the loop alone")
     args, train_argv = p.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -116,11 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         recipe = trainer.recipe
         phase = recipe.phases[-1 if args.phase is None else args.phase]
         trainer.prepare_phase(phase)
+        if args.no_augment:
+            trainer.augment = FixedBatch(trainer)
         batches = len(trainer.prepared_train)
         print(f"recipe: level {recipe.level}, {recipe.arch} at {recipe.img_size} px, batch "
               f"{recipe.batch_size}, phase '{phase.name}' (mix={phase.mix}), precision "
               f"{trainer.accelerator.mixed_precision}, {batches} batches "
-              f"({batches * recipe.batch_size} images) per measurement, data {trainer.data.source}")
+              f"({batches * recipe.batch_size} images) per measurement, data {trainer.data.source}"
+              f"{'; ours WITHOUT augmentation (--no-augment)' if args.no_augment else ''}")
         clocks = {"bare": CpuClock(), "ours": CpuClock()}
         candidates = {"bare": clocks["bare"].timed(timed_epoch_of_bare_loop(trainer, phase, batches)),
                       "ours": clocks["ours"].timed(timed_epoch_of_ours(trainer, phase))}

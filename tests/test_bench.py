@@ -44,10 +44,13 @@ def test_data_pipeline_prints_ratio_against_naive_pipeline():
     assert leading_number(row[3]) > 0 and row[-1].endswith(")") and "x" in row[-1]
 
 
-def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--no-augment"]], ids=["full", "no-augment"])
+def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_path, extra):
     out = bench("loop_overhead.py", "--arch", "test_resnet", "--img-size", "32", "--level", "1",
-                "--dataset", tiny_cifar, "--train-limit", "128", "--batch-size", "32", "--repeats", "1")
+                "--dataset", tiny_cifar, "--train-limit", "128", "--batch-size", "32", "--repeats", "1",
+                *extra)
     assert "4 batches (128 images) per measurement" in out
+    assert ("WITHOUT augmentation" in out) == bool(extra)
     row = table_row(out, "1")
     assert row[1] == "test_resnet" and row[4] == "no"
     assert 0 < leading_number(row[7]) < 10 and 0 < leading_number(row[8]) < 10
