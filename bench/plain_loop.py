@@ -16,8 +16,9 @@ import time
 
 from measure import ROOT, environment_header
 
+from cifar10_levels.recipes import IMAGENET_MEAN, IMAGENET_STD
+
 DEFAULT_DATASET = ROOT.parent / "shared" / "cifar10"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def make_transform(jitter: bool):

@@ -59,7 +59,6 @@ class Member:
     sha256: str = ""
 
 
-
 def member_labels(paths: list[Path]) -> list[str]:
     """Shortest path endings (at least run dir/file) that tell the members apart."""
     parts = [Path(p).parts for p in paths]

@@ -96,8 +96,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.
     params = [p for p in model.parameters() if p.requires_grad]
     if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
         return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size)
-    # fused: one kernel for every tensor; on a CPU 4-5x faster than the per-tensor default
-    # (resnet18: 7.5 vs 39 ms a step), on CUDA the fastest too; same update rule
+    # fused: one kernel for every tensor; on a CPU ~6x faster than the per-tensor default
+    # (bench/step_costs.py), on CUDA the fastest too; same update rule
     return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=True)
 
 
@@ -138,8 +138,8 @@ def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: 
 def default_precision(recipe: Recipe) -> str:
     if torch.cuda.is_available():
         return "fp16"
-    # Without AMX tiles oneDNN's bf16 convs train slower than fp32 (measured 227 vs 338 img/s on
-    # an AVX512-BF16 Xeon, torch 2.14), so bf16 only pays where AMX is present.
+    # Without AMX tiles oneDNN's bf16 kernels run slower than fp32 (bench/cpu_precision.py: 0.69x for
+    # a cifar_speednet step on an AVX512-BF16 Xeon), so bf16 only pays where AMX is present.
     bf16_fast = torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
     return "bf16" if recipe.optimizer == "fast" and bf16_fast else "no"
 

@@ -109,3 +109,12 @@ def test_window_translate_equals_per_pixel_indexing():
     padded = F.pad(x, (4,) * 4)
     expected = torch.stack([padded[i, :, 4 - dy[i]:36 - dy[i], 4 - dx[i]:36 - dx[i]] for i in range(16)])
     assert torch.equal(translate(x, dx, dy, 4), expected)
+
+
+def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
+    out = bench("step_costs.py", "--archs", "test_resnet", "--calls", "1", "--repeats", "1",
+                "--batch-size", "8")
+    for kind in ("per-tensor", "foreach", "fused"):
+        assert leading_number(table_row(out, f"AdamW step, test_resnet, {kind}")[1]) > 0
+    assert leading_number(table_row(out, "gather 8 of 45,000 uint8 images, index_select")[1]) > 0
+    assert leading_number(table_row(out, "level 1, batch 8: whole TrainAugment")[1]) > 0

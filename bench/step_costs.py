@@ -1,0 +1,94 @@
+"""Per-step costs behind the loop's design choices, in ms per call on this machine.
+
+Three groups, each printed as median (min-max) over interleaved rounds:
+- the optimizer step: AdamW per-tensor (torch's CPU default), foreach, and fused (what loop.py uses);
+- the batch gather from the in-memory uint8 set: `images[index]` vs `index_select` (what data.py uses);
+- level 1's augmentation on a uint8 batch, piece by piece and whole (`augment.TrainAugment`).
+
+    python bench/step_costs.py --archs test_resnet resnet18 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import torch
+
+from measure import Spread, environment_header, interleave
+
+from cifar10_levels.augment import (Normalizer, TrainAugment, color_jitter_, random_crop,
+                                    random_flip_)
+from cifar10_levels.recipes import LEVELS
+
+
+def ms_per_call(fn: Callable[[], object], calls: int) -> Callable[[], float]:
+    fn()
+
+    def measure() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls * 1e3
+
+    return measure
+
+
+def optimizer_steps(arch: str, calls: int) -> dict[str, Callable[[], float]]:
+    import timm
+
+    model = timm.create_model(arch, num_classes=10)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    kinds = {"per-tensor": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    return {f"AdamW step, {arch}, {kind}":
+            ms_per_call(torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, **kw).step, calls)
+            for kind, kw in kinds.items()}
+
+
+def batch_gathers(batch: int, calls: int) -> dict[str, Callable[[], float]]:
+    images = torch.randint(0, 256, (45000, 3, 32, 32), dtype=torch.uint8)
+    index = torch.randperm(len(images))[:batch]
+    return {f"gather {batch} of 45,000 uint8 images, images[index]": ms_per_call(lambda: images[index], calls),
+            f"gather {batch} of 45,000 uint8 images, index_select": ms_per_call(
+                lambda: images.index_select(0, index), calls)}
+
+
+def augmentation(batch: int, calls: int) -> dict[str, Callable[[], float]]:
+    recipe = LEVELS["1"]
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.zeros(batch, dtype=torch.long)
+    floats = images.float()
+    normalize = Normalizer(32, recipe.mean, recipe.std)
+    policy = TrainAugment(recipe.augment, normalize, 0.0, 10, torch.device("cpu"))
+    pad, strength = recipe.augment.crop_padding, recipe.augment.color_jitter
+    return {f"level 1, batch {batch}: random crop (pad {pad})": ms_per_call(lambda: random_crop(images, pad), calls),
+            f"level 1, batch {batch}: copy + flip in place": ms_per_call(lambda: random_flip_(images.clone()), calls),
+            f"level 1, batch {batch}: uint8 -> float": ms_per_call(images.float, calls),
+            f"level 1, batch {batch}: copy + colour jitter {strength} in place": ms_per_call(
+                lambda: color_jitter_(floats.clone(), strength, max_value=255), calls),
+            f"level 1, batch {batch}: copy + standardize in place": ms_per_call(
+                lambda: normalize.standardize_(floats.clone(), max_value=255), calls),
+            f"level 1, batch {batch}: whole TrainAugment": ms_per_call(lambda: policy(images, labels, False), calls)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--archs", nargs="+", default=["test_resnet", "resnet18"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--calls", type=int, default=50, help="calls per measurement")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    args = p.parse_args(argv)
+    print(environment_header() + "\n")
+    print("| what | ms per call, median (min-max) |")
+    print("|---|---|")
+    groups = [optimizer_steps(arch, args.calls) for arch in args.archs]
+    groups += [batch_gathers(args.batch_size, args.calls), augmentation(args.batch_size, args.calls)]
+    for group in groups:
+        result: dict[str, Spread] = interleave(group, args.repeats)
+        for name, spread in result.items():
+            print(f"| {name} | {spread.format(3)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
