@@ -20,7 +20,6 @@ import torch
 
 from measure import CpuClock, Spread, environment_header, interleave, ratio
 
-from cifar10_levels import augment
 from cifar10_levels.augment import Normalizer, TrainAugment
 from cifar10_levels.data import NUM_CLASSES, ImageSet, load_cifar10, make_loader
 from cifar10_levels.recipes import LEVELS, Recipe, get_recipe
@@ -126,12 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[2, 0], help="naive DataLoader workers")
     p.add_argument("--dataset", help="real CIFAR-10 (uoft-cs/cifar10 layout) instead of synthetic")
     p.add_argument("--threads", type=int, help="torch intra-op threads of this process (default: torch's)")
-    p.add_argument("--randaugment-group", type=int,
-                   help="images per RandAugment draw (default: augment.RANDAUGMENT_GROUP); larger = "
-                        "fewer torchvision calls, less diversity within a batch")
     args = p.parse_args(argv)
-    if args.randaugment_group:
-        augment.RANDAUGMENT_GROUP = args.randaugment_group
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -144,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         train = synthetic_images(max(args.ours_images, largest))
         print("data: synthetic uint8 32x32 noise images")
     print("measured: uint8 32 px in -> normalized float at the recipe size out, on CPU; "
-          f"images/s median (min-max) of {args.repeats} interleaved rounds; RandAugment draws per "
-          f"{augment.RANDAUGMENT_GROUP} images\n")
+          f"images/s median (min-max) of {args.repeats} interleaved rounds\n")
     names = [f"naive {w} workers" for w in args.workers]
     print("| level | policy (ours) | size | ours img/s | ours img per CPU-s | "
           + " | ".join(f"{n} img/s" for n in names)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .randaugment import randaugment
 from .recipes import Augment
 
 GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-RANDAUGMENT_GROUP = 8  # images sharing one draw of RandAugment ops; smaller = more diverse, slower
 
 # Test-time views: (horizontal flip, shift right px, shift down px). The first N are used.
 TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
@@ -47,14 +47,6 @@ def random_flip_(x: torch.Tensor) -> torch.Tensor:
     flip = (torch.rand(x.shape[0], device=x.device) < 0.5).nonzero().squeeze(1)
     x[flip] = x[flip].flip(3)
     return x
-
-
-def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
-    """torchvision's RandAugment, with a fresh draw of ops for every group of images."""
-    from torchvision.transforms import v2
-
-    policy = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
-    return torch.cat([policy(group) for group in x.split(RANDAUGMENT_GROUP)])
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
