@@ -82,6 +82,13 @@ def op_space(magnitude: int, height: int, width: int) -> OpSpace:
     return OpSpace(tuple(names), tuple(magnitudes), tuple(signed), torch.stack(maps), policy)
 
 
+def remap_pixels(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """Output pixel p of image i is input pixel source[i, p] (row-major), or 0 where it is H*W."""
+    n, c, h, w = x.shape
+    flat = torch.cat([x.reshape(n, c, h * w), x.new_zeros(n, c, 1)], dim=2)
+    return flat.gather(2, source.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+
+
 def _per_image(values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, 1)
 
@@ -168,20 +175,17 @@ def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
 
 def apply_ops(x: torch.Tensor, space: OpSpace, ops: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """Image i gets op `space.names[ops[i]]`, with its magnitude negated where `negative[i]`."""
-    n, c, h, w = x.shape
     count = len(space.names)
     # sort the batch by op so that every op works on one contiguous slice; undone at the end
     order = ops.argsort(stable=True)
     ops, negative = ops[order], negative[order]
     x = x.index_select(0, order.to(x.device))
     ends = ops.bincount(minlength=count).cumsum(0).tolist()
-    # Identity and the geometric ops sort first: one gather for the geometric ones (a zero pixel at
-    # index H*W fills)
+    # Identity and the geometric ops sort first: one gather for the geometric ones
     start, end = ends[0], ends[len(GEOMETRIC)]
     if end > start:
         source = space.source_maps[ops[start:end] + count * negative[start:end]].to(x.device)
-        flat = torch.cat([x[start:end].view(end - start, c, h * w), x.new_zeros(end - start, c, 1)], dim=2)
-        x[start:end] = flat.gather(2, source.unsqueeze(1).expand(-1, c, -1)).view(-1, c, h, w)
+        x[start:end] = remap_pixels(x[start:end], source)
     for name in BLENDS + UNSIGNED_KERNELS:
         k = space.index(name)
         start, end = ends[k - 1], ends[k]
