@@ -17,8 +17,7 @@ import torch
 
 from measure import Spread, environment_header, interleave
 
-from cifar10_levels.augment import (Normalizer, TrainAugment, color_jitter_, random_crop,
-                                    random_flip_)
+from cifar10_levels.augment import Normalizer, TrainAugment, color_jitter_standardize_, random_crop_flip
 from cifar10_levels.recipes import LEVELS
 
 
@@ -62,13 +61,11 @@ def augmentation(batch: int, calls: int) -> dict[str, Callable[[], float]]:
     normalize = Normalizer(32, recipe.mean, recipe.std)
     policy = TrainAugment(recipe.augment, normalize, 0.0, 10, torch.device("cpu"))
     pad, strength = recipe.augment.crop_padding, recipe.augment.color_jitter
-    return {f"level 1, batch {batch}: random crop (pad {pad})": ms_per_call(lambda: random_crop(images, pad), calls),
-            f"level 1, batch {batch}: copy + flip in place": ms_per_call(lambda: random_flip_(images.clone()), calls),
+    return {f"level 1, batch {batch}: random crop (pad {pad}) + flip": ms_per_call(
+                lambda: random_crop_flip(images, pad, True), calls),
             f"level 1, batch {batch}: uint8 -> float": ms_per_call(images.float, calls),
-            f"level 1, batch {batch}: copy + colour jitter {strength} in place": ms_per_call(
-                lambda: color_jitter_(floats.clone(), strength, max_value=255), calls),
-            f"level 1, batch {batch}: copy + standardize in place": ms_per_call(
-                lambda: normalize.standardize_(floats.clone(), max_value=255), calls),
+            f"level 1, batch {batch}: copy + colour jitter {strength} + standardize in place": ms_per_call(
+                lambda: color_jitter_standardize_(floats.clone(), strength, normalize, max_value=255), calls),
             f"level 1, batch {batch}: whole TrainAugment": ms_per_call(lambda: policy(images, labels, False), calls)}
 
 

@@ -34,19 +34,20 @@ def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int)
     return windows[torch.arange(n, device=x.device), :, padding - dy, padding - dx]
 
 
-def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
-    """RandomCrop(32, padding) for a whole batch in one gather."""
-    n = x.shape[0]
-    dx = torch.randint(-padding, padding + 1, (n,), device=x.device)
-    dy = torch.randint(-padding, padding + 1, (n,), device=x.device)
-    return translate(x, dx, dy, padding)
-
-
-def random_flip_(x: torch.Tensor) -> torch.Tensor:
-    """Mirror a random half of the batch, in place (touches only the flipped images)."""
-    flip = (torch.rand(x.shape[0], device=x.device) < 0.5).nonzero().squeeze(1)
-    x[flip] = x[flip].flip(3)
-    return x
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
+    """RandomCrop(size, padding) with zero fill, then a horizontal flip of a random half, for a whole
+    uint8 batch as one gather from the padded images (a fresh tensor; `x` is left alone)."""
+    n, c, h, w = x.shape
+    dx = torch.randint(-padding, padding + 1, (n, 1), device=x.device)
+    dy = torch.randint(-padding, padding + 1, (n, 1), device=x.device)
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if flip:
+        cols = torch.where(torch.rand(n, 1, device=x.device) < 0.5, cols.flip(1), cols)
+    # flip(crop(x))[y, j] = x[y - dy, (w - 1 - j) - dx], read from x padded by `padding` on every side
+    rows = torch.arange(h, device=x.device) + (padding - dy)
+    index = (rows * (w + 2 * padding)).unsqueeze(2) + (cols + (padding - dx)).unsqueeze(1)
+    padded = F.pad(x, (padding,) * 4).view(n, c, -1)
+    return padded.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -55,19 +56,28 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (GRAY_WEIGHTS.to(x.device, x.dtype).view(1, 3) @ x.reshape(n, 3, h * w)).view(n, 1, h, w)
 
 
-def color_jitter_(x: torch.Tensor, strength: float, max_value: float = 1.0) -> torch.Tensor:
-    """Brightness, then contrast, then saturation, each a per-image factor in [1-s, 1+s], in place
-    on a float batch with values in [0, max_value].
+def color_jitter_standardize_(x: torch.Tensor, strength: float, normalize: "Normalizer",
+                              max_value: float = 1.0) -> torch.Tensor:
+    """Colour jitter, then mean/std normalization, in place on a float batch with values in
+    [0, max_value]. Jitter = brightness, then contrast, then saturation, each a per-image factor in
+    [1-s, 1+s], clamped to [0, max_value].
 
-    The three are linear in x, so they fold into one pass: with g the grey image and m its mean,
-    saturation(contrast(brightness(x))) = b*c*(s*x + (1-s)*g) + (1-c)*b*m.
+    The three are linear in x, so with g the grey image and m its mean,
+    saturation(contrast(brightness(x))) = b*c*(s*x + (1-s)*g) + (1-c)*b*m; normalization is a
+    per-channel increasing affine map, so it folds into the same pass and moves the clamp's bounds.
     """
+    if not strength:
+        return normalize.standardize_(x, max_value)
     n = x.shape[0]
     b, c, s = torch.empty(3, n, 1, 1, 1, device=x.device).uniform_(1 - strength, 1 + strength)
     gray = grayscale(x)
     mean = gray.mean(dim=(2, 3), keepdim=True)
-    x.mul_(s * b * c).add_(gray.mul_((1 - s) * b * c).add_((1 - c) * b * mean))
-    return x.clamp_(0, max_value)
+    shift, scale = normalize.shift_scale(x.device, max_value)
+    x.mul_(s * b * c / scale).addcmul_(gray, (1 - s) * b * c / scale).add_(((1 - c) * b * mean - shift) / scale)
+    # [0, max_value] normalized, per channel (clamp with tensor bounds is ~10x slower than with numbers)
+    for k, (m, sd) in enumerate(zip(normalize.mean, normalize.std)):
+        x[:, k].clamp_(-m / sd, (1 - m) / sd)
+    return x
 
 
 @functools.lru_cache(maxsize=16)
@@ -99,10 +109,14 @@ class Normalizer:
             return self.standardize_(x.float(), max_value=255)
         return self.standardize_(x.clone())
 
+    def shift_scale(self, device: torch.device, max_value: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) as (1, 3, 1, 1) tensors for values in [0, max_value]."""
+        shift = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * max_value
+        return shift, torch.tensor(self.std, device=device).view(1, 3, 1, 1) * max_value
+
     def standardize_(self, x: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
         """In place on a float batch with values in [0, max_value]."""
-        scale = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1) * max_value
-        shift = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1) * max_value
+        shift, scale = self.shift_scale(x.device, max_value)
         return x.sub_(shift).div_(scale)
 
     def resize(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,19 +154,14 @@ class TrainAugment:
         """Returns (inputs, targets); targets are soft (N, C) when Mixup/CutMix ran, else labels."""
         p = self.policy
         x = images
-        if p.crop_padding:
-            x = random_crop(x, p.crop_padding)
-        if p.flip:
-            x = random_flip_(x if p.crop_padding else x.clone())
+        if p.crop_padding or p.flip:
+            x = random_crop_flip(x, p.crop_padding, p.flip)
         if p.randaugment_ops:
             x = randaugment(x, p.randaugment_ops, p.randaugment_magnitude)
-        # from here on one float buffer, changed in place: values stay in [0, 255] until standardized
-        x = x.float()
-        if p.color_jitter:
-            color_jitter_(x, p.color_jitter, max_value=255)
+        # from here on one float buffer (0-255 values), changed in place
+        x = color_jitter_standardize_(x.float(), p.color_jitter, self.normalize, max_value=255)
         # Erasing and Mixup/CutMix run at 32 px too, in timm's order; resizing last keeps every op
         # on 16x fewer pixels than at 128 px, and the upsampled result carries the same content.
-        self.normalize.standardize_(x, max_value=255)
         if self.erasing is not None:
             x = self.erasing(x)
         targets = labels

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from cifar10_levels.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop,
+from cifar10_levels.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop_flip,
                                     tta_views)
 from cifar10_levels.recipes import LEVELS, Augment
 
@@ -47,7 +47,7 @@ def test_cutmix_lambda_matches_the_pasted_area():
 
 def test_pixel_ops_keep_dtype_shape_and_range():
     x = batch()
-    for out in (randaugment(x, 2, 9), random_crop(x, 4)):
+    for out in (randaugment(x, 2, 9), random_crop_flip(x, 4, True)):
         assert out.dtype == torch.uint8 and out.shape == x.shape
     aug = TrainAugment(Augment(random_erasing=1.0), NORM, 0.0, 10, torch.device("cpu"))
     plain = TrainAugment(Augment(), NORM, 0.0, 10, torch.device("cpu"))
@@ -62,7 +62,7 @@ def test_pixel_ops_keep_dtype_shape_and_range():
 
 def test_random_crop_is_a_shift_with_zero_fill():
     x = batch(64)
-    out = random_crop(x, 4)
+    out = random_crop_flip(x, 4, flip=False)
     # every output is its input shifted by at most 4 px: its non-zero pixels are a sub-block of x
     for i in range(8):
         match = False
@@ -156,23 +156,26 @@ def test_each_rank_augments_differently_and_reproducibly():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation():
-    from cifar10_levels.augment import color_jitter_
+def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation_then_normalize():
+    from cifar10_levels.augment import color_jitter_standardize_
 
     def gray(x):
         return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
-    x = torch.rand(32, 3, 32, 32)
+    x = torch.rand(32, 3, 32, 32) * 1.2  # some values clamp
     torch.manual_seed(3)
     b, c, s = torch.empty(3, 32, 1, 1, 1).uniform_(0.8, 1.2)
     x1 = x * b
     m = gray(x1).mean(dim=(2, 3), keepdim=True)
     x2 = (x1 - m) * c + m
-    expected = ((x2 - gray(x2)) * s + gray(x2)).clamp(0, 1)
+    jittered = ((x2 - gray(x2)) * s + gray(x2)).clamp(0, 1)
+    expected = (jittered - torch.tensor(NORM.mean).view(1, 3, 1, 1)) / torch.tensor(NORM.std).view(1, 3, 1, 1)
     torch.manual_seed(3)
-    assert torch.allclose(color_jitter_(x.clone(), 0.2), expected, atol=1e-6)
-    torch.manual_seed(3)  # on 0-255 values (the training path) it is the same map, scaled
-    assert torch.allclose(color_jitter_(x * 255, 0.2, max_value=255), expected * 255, atol=1e-4)
+    assert torch.allclose(color_jitter_standardize_(x.clone(), 0.2, NORM), expected, atol=1e-5)
+    torch.manual_seed(3)  # on 0-255 values (the training path) it is the same map
+    assert torch.allclose(color_jitter_standardize_(x * 255, 0.2, NORM, max_value=255), expected, atol=1e-4)
+    assert torch.equal(color_jitter_standardize_(x * 255, 0.0, NORM, max_value=255),
+                       NORM.standardize_(x * 255, max_value=255))
 
 
 def test_augmentation_flags_override_only_what_they_name():
@@ -186,14 +189,26 @@ def test_augmentation_flags_override_only_what_they_name():
     assert recipe_from_args(train_parser().parse_args(["--level", "2"])).augment == LEVELS["2"].augment
 
 
-def test_random_flip_mirrors_some_images_in_place_and_leaves_the_rest():
-    from cifar10_levels.augment import random_flip_
-
+def test_random_flip_mirrors_some_images_and_leaves_the_rest():
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
     before = x.clone()
-    out = random_flip_(x)
-    assert out.data_ptr() == x.data_ptr()
+    out = random_crop_flip(x, 0, flip=True)
+    assert torch.equal(x, before)  # the input is left alone
     mirrored = [torch.equal(o, b.flip(2)) for o, b in zip(out, before)]
     kept = [torch.equal(o, b) for o, b in zip(out, before)]
     assert all(m or k for m, k in zip(mirrored, kept))
     assert 10 < sum(mirrored) < 54
+
+
+def test_crop_then_flip_in_one_gather_equals_the_two_steps():
+    x = batch(64)
+    torch.manual_seed(7)
+    out = random_crop_flip(x, 4, flip=True)
+    torch.manual_seed(7)  # the same draws, in the same order: shifts, then which images flip
+    dx, dy = torch.randint(-4, 5, (64, 1)), torch.randint(-4, 5, (64, 1))
+    flipped = torch.rand(64, 1) < 0.5
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(64):
+        top, left = 4 - int(dy[i]), 4 - int(dx[i])
+        crop = padded[i, :, top:top + 32, left:left + 32]
+        assert torch.equal(out[i], crop.flip(2) if flipped[i] else crop)
