@@ -60,6 +60,31 @@ def timed_epoch_of_ours(trainer: Trainer, phase: Phase):
     return run
 
 
+class TimedAugment:
+    """Wraps the trainer's augmentation and adds up the wall time spent in it (inside the loop)."""
+
+    def __init__(self, augment):
+        self.augment, self.mixup = augment, augment.mixup
+        self.seconds, self.calls = 0.0, 0
+
+    def __call__(self, images, labels, mix):
+        start = time.perf_counter()
+        out = self.augment(images, labels, mix)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        return out
+
+    def isolated_ms(self, trainer: Trainer, mix: bool, batches: int) -> float:
+        """The same calls on their own, back to back: ms per batch."""
+        images, labels = trainer.data.train.images, trainer.data.train.labels
+        size = trainer.recipe.batch_size
+        self.augment(images[:size], labels[:size], mix)  # warm-up: first-touch of the output buffers
+        start = time.perf_counter()
+        for i in range(batches):
+            self.augment(images[i * size:(i + 1) * size], labels[i * size:(i + 1) * size], mix)
+        return (time.perf_counter() - start) / batches * 1e3
+
+
 class FixedBatch:
     """Stands in for the level's augmentation: the same pre-normalized batch every step, so a round
     times the loop's own machinery (DataLoader, Accelerate, metrics, checks) without the augmentation."""
@@ -132,8 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         recipe = trainer.recipe
         phase = recipe.phases[-1 if args.phase is None else args.phase]
         trainer.prepare_phase(phase)
+        timed = None
         if args.no_augment:
             trainer.augment = FixedBatch(trainer)
+        else:
+            trainer.augment = timed = TimedAugment(trainer.augment)
         batches = len(trainer.prepared_train)
         print(f"recipe: level {recipe.level}, {recipe.arch} at {recipe.img_size} px, batch "
               f"{recipe.batch_size}, phase '{phase.name}' (mix={phase.mix}), precision "
@@ -147,8 +175,13 @@ def main(argv: list[str] | None = None) -> None:
             warm_up()
         for clock in clocks.values():
             clock.rates.clear()
+        if timed is not None:
+            timed.seconds, timed.calls = 0.0, 0
         result: dict[str, Spread] = interleave(candidates, args.repeats)
         cpu = {name: Spread(clock.rates) for name, clock in clocks.items()}
+        if timed is not None:
+            in_loop = timed.seconds / max(timed.calls, 1) * 1e3
+            alone = timed.isolated_ms(trainer, phase.mix, batches)
     print(f"\nimages/s, median (min-max) of {args.repeats} interleaved rounds\n")
     print("| level | arch | size | batch | precision | bare loop img/s | our loop img/s | ours / bare "
           "| ours / bare, per CPU-second |")
@@ -157,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{trainer.accelerator.mixed_precision} | {result['bare'].format(1)} | "
           f"{result['ours'].format(1)} | {ratio(result['ours'], result['bare']).format(3)} | "
           f"{ratio(cpu['ours'], cpu['bare']).format(3)} |")
+    if timed is not None:
+        step_ms = recipe.batch_size / result["ours"].median * 1e3
+        print(f"\nours' augmentation: {in_loop:.3f} ms per batch inside the loop ({in_loop / step_ms:.1%} of "
+              f"its {step_ms:.1f} ms step), {alone:.3f} ms per batch run alone")
 
 
 if __name__ == "__main__":

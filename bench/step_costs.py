@@ -1,9 +1,12 @@
 """Per-step costs behind the loop's design choices, in ms per call on this machine.
 
-Three groups, each printed as median (min-max) over interleaved rounds:
+Four groups, each printed as median (min-max) over interleaved rounds:
 - the optimizer step: AdamW per-tensor (torch's CPU default), foreach, and fused (what loop.py uses);
 - the batch gather from the in-memory uint8 set: `images[index]` vs `index_select` (what data.py uses);
-- level 1's augmentation on a uint8 batch, piece by piece and whole (`augment.TrainAugment`).
+- level 1's augmentation on a uint8 batch, piece by piece and whole (`augment.TrainAugment`);
+- level 2's on top of it: RandAugment per image (`randaugment.py`) against torchvision's
+  `v2.RandAugment` called once per group of 8 images (what it replaced), random erasing, Mixup/CutMix,
+  the resize to 128 px, and the whole `TrainAugment` of the mixing phase.
 
     python bench/step_costs.py --archs test_resnet resnet18 --repeats 5
 """
@@ -17,7 +20,9 @@ import torch
 
 from measure import Spread, environment_header, interleave
 
-from cifar10_levels.augment import Normalizer, TrainAugment, color_jitter_standardize_, random_crop_flip
+from cifar10_levels.augment import (Normalizer, TrainAugment, color_jitter_standardize_, random_crop_flip,
+                                    resize_bilinear)
+from cifar10_levels.randaugment import randaugment
 from cifar10_levels.recipes import LEVELS
 
 
@@ -69,6 +74,30 @@ def augmentation(batch: int, calls: int) -> dict[str, Callable[[], float]]:
             f"level 1, batch {batch}: whole TrainAugment": ms_per_call(lambda: policy(images, labels, False), calls)}
 
 
+def level2_augmentation(batch: int, calls: int) -> dict[str, Callable[[], float]]:
+    from torchvision.transforms import v2
+
+    recipe = LEVELS["2"]
+    a = recipe.augment
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(batch) % 10
+    floats = images.float()
+    policy = TrainAugment(a, Normalizer(recipe.img_size, recipe.mean, recipe.std), recipe.label_smoothing,
+                          10, torch.device("cpu"))
+    library = v2.RandAugment(a.randaugment_ops, a.randaugment_magnitude)
+    name = f"level 2, batch {batch}:"
+    return {f"{name} RandAugment {a.randaugment_ops}x{a.randaugment_magnitude}, per image (ours)": ms_per_call(
+                lambda: randaugment(images, a.randaugment_ops, a.randaugment_magnitude), calls),
+            f"{name} torchvision v2.RandAugment, one draw per 8 images": ms_per_call(
+                lambda: torch.cat([library(group) for group in images.split(8)]), calls),
+            f"{name} copy + random erasing {a.random_erasing} (timm)": ms_per_call(
+                lambda: policy.erasing(floats.clone()), calls),
+            f"{name} copy + Mixup/CutMix (timm)": ms_per_call(lambda: policy.mixup(floats.clone(), labels), calls),
+            f"{name} resize 32 -> {recipe.img_size} px": ms_per_call(
+                lambda: resize_bilinear(floats, recipe.img_size), calls),
+            f"{name} whole TrainAugment (mixing phase)": ms_per_call(lambda: policy(images, labels, True), calls)}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--archs", nargs="+", default=["test_resnet", "resnet18"])
@@ -80,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| what | ms per call, median (min-max) |")
     print("|---|---|")
     groups = [optimizer_steps(arch, args.calls) for arch in args.archs]
-    groups += [batch_gathers(args.batch_size, args.calls), augmentation(args.batch_size, args.calls)]
+    groups += [batch_gathers(args.batch_size, args.calls), augmentation(args.batch_size, args.calls),
+               level2_augmentation(args.batch_size, args.calls)]
     for group in groups:
         result: dict[str, Spread] = interleave(group, args.repeats)
         for name, spread in result.items():

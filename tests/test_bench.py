@@ -54,6 +54,10 @@ def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_pa
     row = table_row(out, "1")
     assert row[1] == "test_resnet" and row[4] == "no"
     assert 0 < leading_number(row[7]) < 10 and 0 < leading_number(row[8]) < 10
+    timed = re.search(r"augmentation: ([\d.]+) ms per batch inside the loop .* ([\d.]+) ms per batch run alone", out)
+    assert (timed is None) == bool(extra)
+    if timed:
+        assert float(timed.group(1)) > 0 and float(timed.group(2)) > 0
 
 
 def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
@@ -117,3 +121,5 @@ def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
         assert leading_number(table_row(out, f"AdamW step, test_resnet, {kind}")[1]) > 0
     assert leading_number(table_row(out, "gather 8 of 45,000 uint8 images, index_select")[1]) > 0
     assert leading_number(table_row(out, "level 1, batch 8: whole TrainAugment")[1]) > 0
+    assert leading_number(table_row(out, "level 2, batch 8: RandAugment 2x9, per image (ours)")[1]) > 0
+    assert leading_number(table_row(out, "level 2, batch 8: whole TrainAugment (mixing phase)")[1]) > 0
