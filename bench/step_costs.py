@@ -6,7 +6,7 @@ Four groups, each printed as median (min-max) over interleaved rounds:
 - level 1's augmentation on a uint8 batch, piece by piece and whole (`augment.TrainAugment`);
 - level 2's on top of it: RandAugment per image (`randaugment.py`) against torchvision's
   `v2.RandAugment` called once per group of 8 images (what it replaced), random erasing, Mixup/CutMix,
-  the resize to 128 px, and the whole `TrainAugment` of the mixing phase.
+  the resize to 128 px (ours and `F.interpolate`), and the whole `TrainAugment` of the mixing phase.
 
     python bench/step_costs.py --archs test_resnet resnet18 --repeats 5
 """
@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from measure import Spread, environment_header, interleave
 
@@ -93,8 +94,10 @@ def level2_augmentation(batch: int, calls: int) -> dict[str, Callable[[], float]
             f"{name} copy + random erasing {a.random_erasing} (timm)": ms_per_call(
                 lambda: policy.erasing(floats.clone()), calls),
             f"{name} copy + Mixup/CutMix (timm)": ms_per_call(lambda: policy.mixup(floats.clone(), labels), calls),
-            f"{name} resize 32 -> {recipe.img_size} px": ms_per_call(
+            f"{name} resize 32 -> {recipe.img_size} px (two matmuls, ours)": ms_per_call(
                 lambda: resize_bilinear(floats, recipe.img_size), calls),
+            f"{name} resize 32 -> {recipe.img_size} px with F.interpolate": ms_per_call(
+                lambda: F.interpolate(floats, size=recipe.img_size, mode="bilinear", align_corners=False), calls),
             f"{name} whole TrainAugment (mixing phase)": ms_per_call(lambda: policy(images, labels, True), calls)}
 
 

@@ -28,8 +28,8 @@ TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
 def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int) -> torch.Tensor:
     """Shift each image by its own (dx, dy) in [-padding, padding], filling with zeros."""
     n, c, h, w = x.shape
-    # every (h, w) window of the padded image as a view; one gather picks each image's window (~5x
-    # less CPU than indexing every pixel)
+    # every (h, w) window of the padded image as a view; one gather picks each image's window (less
+    # CPU than indexing every pixel)
     windows = F.pad(x, (padding,) * 4).unfold(2, h, 1).unfold(3, w, 1)
     return windows[torch.arange(n, device=x.device), :, padding - dy, padding - dx]
 
@@ -74,7 +74,7 @@ def color_jitter_standardize_(x: torch.Tensor, strength: float, normalize: "Norm
     mean = gray.mean(dim=(2, 3), keepdim=True)
     shift, scale = normalize.shift_scale(x.device, max_value)
     x.mul_(s * b * c / scale).addcmul_(gray, (1 - s) * b * c / scale).add_(((1 - c) * b * mean - shift) / scale)
-    # [0, max_value] normalized, per channel (clamp with tensor bounds is ~10x slower than with numbers)
+    # [0, max_value] normalized, per channel (clamp with tensor bounds is far slower than with numbers)
     for k, (m, sd) in enumerate(zip(normalize.mean, normalize.std)):
         x[:, k].clamp_(-m / sd, (1 - m) / sd)
     return x
@@ -88,7 +88,8 @@ def bilinear_weights(n_in: int, n_out: int, device: torch.device, dtype: torch.d
 
 
 def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
-    """F.interpolate(x, (size, size), "bilinear") as two matmuls: same values, ~7x faster on CPU."""
+    """F.interpolate(x, (size, size), "bilinear") as two matmuls: same values, faster on a CPU
+    (bench/step_costs.py)."""
     rows = bilinear_weights(x.shape[-2], size, x.device, x.dtype)
     cols = bilinear_weights(x.shape[-1], size, x.device, x.dtype)
     return rows @ x @ cols.T

@@ -1,16 +1,17 @@
 """RandAugment on a uint8 batch with a fresh draw of ops for every image: torchvision's ops and magnitudes.
 
 torchvision's `v2.RandAugment` draws its ops once per call, so a batch given to it gets the same two
-ops on every image; calling it per image costs ~0.1 ms a call. Here every image draws its own ops and
-signs exactly as `v2.RandAugment.forward` does for one image, and each op runs once per batch on the
-images that drew it:
+ops on every image, and calling it per image (or per small group) costs more in Python than in
+pixels (`bench/step_costs.py`). Here every image draws its own ops and signs exactly as
+`v2.RandAugment.forward` does for one image, and each op runs once per batch on the images that drew it:
 - the geometric ops (and Identity) use nearest-neighbour sampling at a fixed magnitude, so each one is
   a fixed map from output to source pixel; the maps are made once by torchvision itself (its op run on
-  an image of pixel numbers) and applied to the whole batch as one gather;
+  an image of pixel numbers) and applied as one gather;
 - Brightness, Color, Contrast and Sharpness blend with a per-image factor, written as torchvision's
   kernels are;
-- Posterize, Solarize, AutoContrast and Equalize (unsigned, one magnitude) are torchvision's kernels.
-tests/test_randaugment.py checks every op and sign against torchvision's output.
+- Posterize and AutoContrast (unsigned, one magnitude) are torchvision's kernels; Solarize and
+  Equalize are exact rewrites of them without `torch.where` over uint8 pixels (slow on CPU).
+tests/test_randaugment.py checks every op and sign, pixel for pixel, against torchvision's output.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def _sharpen(images: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_sharpness with one factor per image (borders kept).
 
     Its blur is a 3x3 kernel of 1s with 5 in the middle, over 13, rounded: here a separable 3x3 sum
-    (a depthwise conv costs ~0.3 ms per call on this CPU). The sum is an integer over 13, never within
+    (a depthwise conv is slow on a CPU at these sizes). The sum is an integer over 13, never within
     1/26 of a .5, so the float rounding order cannot change the rounded result.
     """
     out = images.float()
@@ -137,7 +138,7 @@ def _apply_blend(name: str, images: torch.Tensor, value: torch.Tensor) -> torch.
 
 def _equalize(images: torch.Tensor) -> torch.Tensor:
     """torchvision's equalize_image (PIL's lookup table), with the images it leaves alone (step 0)
-    given an identity table instead of a torch.where over every pixel (~0.13 ms per call here)."""
+    given an identity table instead of a torch.where over every pixel (slow for uint8 on a CPU)."""
     n, c, h, w = images.shape
     flat = images.reshape(n, c, h * w).long()
     hist = flat.new_zeros(n, c, 256, dtype=torch.int32)
@@ -153,7 +154,7 @@ def _equalize(images: torch.Tensor) -> torch.Tensor:
 
 def _apply_unsigned(space: OpSpace, name: str, images: torch.Tensor) -> torch.Tensor:
     magnitude = space.magnitudes[space.index(name)]
-    if name == "Solarize":  # 255 - x is x ^ 255 in uint8; torch.where on uint8 is ~4x slower here
+    if name == "Solarize":  # 255 - x is x ^ 255 in uint8; torch.where on uint8 is slow on a CPU
         return images ^ (images >= 255 * magnitude).to(torch.uint8).mul_(255)
     if name == "Equalize":
         return _equalize(images)
