@@ -25,29 +25,28 @@ TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
 )
 
 
-def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int) -> torch.Tensor:
-    """Shift each image by its own (dx, dy) in [-padding, padding], filling with zeros."""
+def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int,
+              flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image shifted right by dx[i] and down by dy[i] (|shift| <= padding) with zero fill, then
+    mirrored where `flip` is set, for a whole uint8 batch as one gather from the padded batch."""
     n, c, h, w = x.shape
-    # every (h, w) window of the padded image as a view; one gather picks each image's window (less
-    # CPU than indexing every pixel)
-    windows = F.pad(x, (padding,) * 4).unfold(2, h, 1).unfold(3, w, 1)
-    return windows[torch.arange(n, device=x.device), :, padding - dy, padding - dx]
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    if flip is not None:
+        cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
+    rows = torch.arange(h, device=x.device) + (padding - dy.view(n, 1))
+    index = (rows * (w + 2 * padding)).unsqueeze(2) + (cols + (padding - dx.view(n, 1))).unsqueeze(1)
+    padded = F.pad(x, (padding,) * 4).view(n, c, -1)
+    return padded.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
-    """RandomCrop(size, padding) with zero fill, then a horizontal flip of a random half, for a whole
-    uint8 batch as one gather from the padded images (a fresh tensor; `x` is left alone)."""
-    n, c, h, w = x.shape
-    dx = torch.randint(-padding, padding + 1, (n, 1), device=x.device)
-    dy = torch.randint(-padding, padding + 1, (n, 1), device=x.device)
-    cols = torch.arange(w, device=x.device).expand(n, w)
-    if flip:
-        cols = torch.where(torch.rand(n, 1, device=x.device) < 0.5, cols.flip(1), cols)
-    # flip(crop(x))[y, j] = x[y - dy, (w - 1 - j) - dx], read from x padded by `padding` on every side
-    rows = torch.arange(h, device=x.device) + (padding - dy)
-    index = (rows * (w + 2 * padding)).unsqueeze(2) + (cols + (padding - dx)).unsqueeze(1)
-    padded = F.pad(x, (padding,) * 4).view(n, c, -1)
-    return padded.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+    """RandomCrop(size, padding) with zero fill, then a horizontal flip of a random half (a fresh
+    tensor; `x` is left alone)."""
+    n = x.shape[0]
+    dx = torch.randint(-padding, padding + 1, (n,), device=x.device)
+    dy = torch.randint(-padding, padding + 1, (n,), device=x.device)
+    flipped = (torch.rand(n, device=x.device) < 0.5) if flip else None
+    return translate(x, dx, dy, padding, flipped)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -110,8 +109,10 @@ class Normalizer:
             return self.standardize_(x.float(), max_value=255)
         return self.standardize_(x.clone())
 
+    @functools.lru_cache(maxsize=8)
     def shift_scale(self, device: torch.device, max_value: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) as (1, 3, 1, 1) tensors for values in [0, max_value]."""
+        """(mean, std) as (1, 3, 1, 1) tensors for values in [0, max_value]; made once per device,
+        not copied to it every batch."""
         shift = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * max_value
         return shift, torch.tensor(self.std, device=device).view(1, 3, 1, 1) * max_value
 
@@ -179,10 +180,11 @@ def tta_views(images: torch.Tensor, count: int) -> list[torch.Tensor]:
     views = []
     n = images.shape[0]
     for flip, dx, dy in TTA_VIEWS[:count]:
-        x = images.flip(3) if flip else images
-        if dx or dy:
-            shift = max(abs(dx), abs(dy))
-            x = translate(x, torch.full((n,), dx, device=x.device),
-                          torch.full((n,), dy, device=x.device), shift)
-        views.append(x)
+        if not (flip or dx or dy):
+            views.append(images)
+            continue
+        full = (lambda value: torch.full((n,), value, device=images.device))
+        # a view mirrors first, then shifts: the same as shifting by -dx, then mirroring
+        views.append(translate(images, full(-dx if flip else dx), full(dy), max(abs(dx), abs(dy)),
+                               full(flip)))
     return views

@@ -32,14 +32,10 @@ OPS = ("Identity",) + GEOMETRIC + BLENDS + UNSIGNED_KERNELS
 class OpSpace:
     """torchvision's RandAugment ops at one magnitude, for images of one size."""
 
-    names: tuple[str, ...]
-    magnitudes: tuple[float, ...]  # before the sign
+    magnitudes: tuple[float, ...]  # per op of OPS, before the sign
     signed: tuple[bool, ...]
-    source_maps: torch.Tensor  # (2 * len(names), H*W): source pixel per output pixel; H*W = fill
+    source_maps: torch.Tensor  # (2 * len(OPS), H*W): source pixel per output pixel; H*W = fill
     policy: object  # the torchvision transform whose kernels the unsigned ops call
-
-    def index(self, name: str) -> int:
-        return self.names.index(name)
 
 
 def _torchvision_policy(magnitude: int):
@@ -60,11 +56,10 @@ def op_space(magnitude: int, height: int, width: int) -> OpSpace:
     if set(policy._AUGMENTATION_SPACE) != set(OPS):
         raise RuntimeError(f"torchvision's RandAugment ops {sorted(policy._AUGMENTATION_SPACE)} are not "
                            f"the ones this module implements: {sorted(OPS)}")
-    names, magnitudes, signed = [], [], []
+    magnitudes, signed = [], []
     for name in OPS:
         magnitudes_fn, is_signed = policy._AUGMENTATION_SPACE[name]
         values = magnitudes_fn(NUM_MAGNITUDE_BINS, height, width)
-        names.append(name)
         magnitudes.append(float(values[magnitude]) if values is not None else 0.0)
         signed.append(bool(is_signed))
     # Pixel numbers 1..H*W as a float image: torchvision's nearest-neighbour geometric ops copy them
@@ -73,14 +68,14 @@ def op_space(magnitude: int, height: int, width: int) -> OpSpace:
     identity = torch.arange(height * width)
     maps = []
     for sign in (1.0, -1.0):
-        for name, value, is_signed in zip(names, magnitudes, signed):
+        for name, value, is_signed in zip(OPS, magnitudes, signed):
             if name not in GEOMETRIC:
                 maps.append(identity)
                 continue
             moved = apply_torchvision_op(policy, pixel_numbers, name, sign * value if is_signed else value)
             source = moved.round().long().view(-1) - 1
             maps.append(torch.where(source < 0, height * width, source))
-    return OpSpace(tuple(names), tuple(magnitudes), tuple(signed), torch.stack(maps), policy)
+    return OpSpace(tuple(magnitudes), tuple(signed), torch.stack(maps), policy)
 
 
 def remap_pixels(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -153,7 +148,7 @@ def _equalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_unsigned(space: OpSpace, name: str, images: torch.Tensor) -> torch.Tensor:
-    magnitude = space.magnitudes[space.index(name)]
+    magnitude = space.magnitudes[OPS.index(name)]
     if name == "Solarize":  # 255 - x is x ^ 255 in uint8; torch.where on uint8 is slow on a CPU
         return images ^ (images >= 255 * magnitude).to(torch.uint8).mul_(255)
     if name == "Equalize":
@@ -169,14 +164,14 @@ def randaugment(x: torch.Tensor, num_ops: int, magnitude: int) -> torch.Tensor:
     space = op_space(magnitude, x.shape[-2], x.shape[-1])
     signed = torch.tensor(space.signed)
     for _ in range(num_ops):
-        ops = torch.randint(len(space.names), (len(x),))
+        ops = torch.randint(len(OPS), (len(x),))
         x = apply_ops(x, space, ops, (torch.rand(len(x)) <= 0.5) & signed[ops])
     return x
 
 
 def apply_ops(x: torch.Tensor, space: OpSpace, ops: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """Image i gets op `space.names[ops[i]]`, with its magnitude negated where `negative[i]`."""
-    count = len(space.names)
+    """Image i gets op `OPS[ops[i]]`, with its magnitude negated where `negative[i]`."""
+    count = len(OPS)
     # sort the batch by op so that every op works on one contiguous slice; undone at the end
     order = ops.argsort(stable=True)
     ops, negative = ops[order], negative[order]
@@ -188,7 +183,7 @@ def apply_ops(x: torch.Tensor, space: OpSpace, ops: torch.Tensor, negative: torc
         source = space.source_maps[ops[start:end] + count * negative[start:end]].to(x.device)
         x[start:end] = remap_pixels(x[start:end], source)
     for name in BLENDS + UNSIGNED_KERNELS:
-        k = space.index(name)
+        k = OPS.index(name)
         start, end = ends[k - 1], ends[k]
         if start == end:
             continue

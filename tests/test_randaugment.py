@@ -21,7 +21,7 @@ def test_every_op_and_sign_matches_torchvision_pixel_for_pixel():
     x = photo_like(24)
     for magnitude in (9, 30):
         space = op_space(magnitude, 32, 32)
-        for k, name in enumerate(space.names):
+        for k, name in enumerate(OPS):
             for negative in ((False, True) if space.signed[k] else (False,)):
                 ops = torch.full((len(x),), k)
                 ours = apply_ops(x, space, ops, torch.full((len(x),), negative))
@@ -50,7 +50,7 @@ def test_draws_are_per_image_and_reproducible_from_the_seed():
     out = randaugment(x, 1, 9)
     # which op each image got: the one whose torchvision output it equals
     variants = []
-    for k, name in enumerate(space.names):
+    for k, name in enumerate(OPS):
         for sign in ((1, -1) if space.signed[k] else (1,)):
             variants.append(torch.stack([apply_torchvision_op(space.policy, img, name, sign * space.magnitudes[k])
                                          for img in x]))
