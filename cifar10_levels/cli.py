@@ -5,38 +5,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from .arguments import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
 from .recipes import LEVELS, Recipe, get_recipe
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but bad flags are a one-line UserError (exit 2) like every other bad input."""
-
-    def error(self, message: str):
-        raise UserError(message)
-
-
-def positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text} must be > 0")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
 
 
 def train_parser() -> argparse.ArgumentParser:

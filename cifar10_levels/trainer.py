@@ -18,6 +18,7 @@ from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
 from .files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
+from .hardware import hardware_name
 from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
                    build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
                    train_one_epoch)
@@ -152,10 +153,7 @@ class Trainer:
                        "--arch resnet18 --img-size 32 --no-pretrained --epochs 0 3")
 
     def device_name(self) -> str:
-        device = self.accelerator.device
-        if device.type == "cuda":
-            return f"{self.accelerator.num_processes} x {torch.cuda.get_device_name(device)}"
-        return f"{self.accelerator.num_processes} CPU process(es), {torch.get_num_threads()} threads each"
+        return hardware_name(self.accelerator)
 
     def log_step(self, loss: float, lr: float, images_per_s: float) -> None:
         self.log.step({"train/step_loss": loss, "train/lr": lr, "train/images_per_s": images_per_s},
