@@ -21,7 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar10_levels.augment import Normalizer  # noqa: E402
 from cifar10_levels.checkpoint import CheckpointMeta  # noqa: E402
 from cifar10_levels.data import ImageSet  # noqa: E402
-from cifar10_levels.ensemble import Member, build_report, evaluate_member, format_report  # noqa: E402
+from cifar10_levels.ensemble import format_report  # noqa: E402
+from cifar10_levels.ensemble_evaluation import evaluate_member  # noqa: E402
+from cifar10_levels.ensemble_members import Member  # noqa: E402
+from cifar10_levels.ensemble_votes import build_report  # noqa: E402
 from cifar10_levels.models import create_model  # noqa: E402
 from cifar10_levels.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .arguments import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
-from .recipes import LEVELS, Recipe, get_recipe
+from .recipes import LEVELS, MAX_IMG_SIZE, MIN_IMG_SIZE, Recipe, get_recipe
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -111,12 +111,11 @@ def augment_from_args(augment, args: argparse.Namespace):
 def check_recipe(recipe: Recipe) -> None:
     """Fail before loading data: unknown arch, a size the model cannot take."""
     from .augment import TTA_VIEWS
-    from .models import known_arch
+    from .models import check_arch
 
-    if not known_arch(recipe.arch):
-        raise UserError(f"--arch {recipe.arch}: timm has no such model; see timm.list_models()")
-    if recipe.img_size < 16 or recipe.img_size > 1024:
-        raise UserError(f"--img-size {recipe.img_size}: use 16 to 1024 px")
+    check_arch(recipe.arch, "--arch")
+    if not MIN_IMG_SIZE <= recipe.img_size <= MAX_IMG_SIZE:
+        raise UserError(f"--img-size {recipe.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
     if recipe.tta > len(TTA_VIEWS):
         raise UserError(f"--tta {recipe.tta}: choose 0 to {len(TTA_VIEWS)} views")
 

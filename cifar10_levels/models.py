@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint_meta import FORMAT, check_fits, parse_meta, read_header
 from .errors import UserError
 from .hub import go_offline, hub_reachable
 
@@ -27,14 +28,30 @@ def known_arch(arch: str) -> bool:
     return timm.is_model(arch)
 
 
+def check_arch(arch: str, flag: str, path: str | Path | None = None) -> None:
+    """The one unknown-arch error, whether the arch came from a flag or from a file's metadata."""
+    if not known_arch(arch):
+        where = f"{flag} {path}: arch" if path is not None else flag
+        raise UserError(f"{where} {arch!r} is unknown to timm and to this package; see "
+                        "timm.list_models(), or upgrade timm")
+
+
+def check_pretrained_file(path: str | Path, arch: str, num_classes: int,
+                          flag: str = "--pretrained-file") -> None:
+    """Plain timm weights pass as they are; one of our checkpoints must also fit the run."""
+    header = read_header(path, flag)
+    if header.get("format") == FORMAT:
+        meta = parse_meta(header, Path(path), flag)
+        check_arch(meta.arch, flag, path)
+        check_fits(meta, path, flag, arch, num_classes)
+
+
 def create_model(arch: str, num_classes: int, pretrained: bool = False,
                  pretrained_file: str | None = None) -> nn.Module:
     import timm
 
-    if not known_arch(arch):
-        raise UserError(f"--arch {arch}: timm has no such model; see timm.list_models()")
+    check_arch(arch, "--arch")
     if pretrained_file:
-        from .checkpoint import check_pretrained_file
         refuse_pickle(pretrained_file, "--pretrained-file")
         check_pretrained_file(pretrained_file, arch, num_classes)
         try:

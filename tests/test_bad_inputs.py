@@ -86,7 +86,7 @@ class Case:
 BAD = "bad_inputs/"
 CASES = [
     Case("unknown level", ("--level", "9"), "--level 9"),
-    Case("unknown arch", ("--arch", "no_such_net"), "--arch no_such_net"),
+    Case("unknown arch", ("--arch", "no_such_net"), "--arch 'no_such_net' is unknown"),
     Case("negative epochs", ("--epochs", "-1", "2"), "--epochs"),
     Case("zero epochs", ("--epochs", "0", "0"), "--epochs"),
     Case("epochs for the wrong number of phases", ("--epochs", "3"), "--epochs"),
