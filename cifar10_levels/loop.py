@@ -16,7 +16,6 @@ from .recipes import Phase, Recipe
 
 LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
 STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
-SLOW_RUN_SECONDS = 2 * 3600
 
 
 class Diverged(UserError):
