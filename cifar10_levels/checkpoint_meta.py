@@ -82,7 +82,8 @@ def parse_meta(raw: dict[str, str], path: Path, flag: str) -> CheckpointMeta:
           and isinstance(meta.val_acc, (int, float)))
     if not ok:
         raise UserError(f"{flag} {path}: metadata has wrong types or sizes (arch, img_size "
-                        f"{MIN_IMG_SIZE}-{MAX_IMG_SIZE}, num_classes with as many class_names, 3 mean/std values)")
+                        f"{MIN_IMG_SIZE}-{MAX_IMG_SIZE}, num_classes with as many class_names, "
+                        "3 mean/std values)")
     return meta
 
 

@@ -33,7 +33,7 @@ class EnsembleReport:
     per_class_acc: dict[str, float]
     confusion_matrix: list[list[int]]
     class_names: list[str]
-    tie_rule: str = voting.TIE_RULE
+    tie_rule: str = voting.TIE_RULE   # how a majority tie is broken, printed and saved with the votes
 
 
 def score_votes(val: torch.Tensor, val_labels: torch.Tensor, test: torch.Tensor,
