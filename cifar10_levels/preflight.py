@@ -119,7 +119,10 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
         return [f"--run-name {opts.run_name!r}: {reason}"]
     directory = run_dir(opts.output_dir, recipe, opts.run_name)
     try:
-        check_writable_dir(directory)
+        check_writable_dir(opts.output_dir)
     except UserError as err:
         return [str(err)]
+    if directory.exists() and not directory.is_dir():
+        return [f"--run-name: the run directory {directory} is a file; pass another --run-name "
+                "or --output-dir"]
     return [run_dir_problem(directory, opts.resume, opts.overwrite)]
