@@ -71,3 +71,28 @@ def test_layout_problems_name_what_is_missing(tiny_cifar, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no dataset files found" in dataset_problem(str(empty), hub_up=False)
+
+
+def fake_hub_cache(root: Path, folder: str, filename: str) -> None:
+    """huggingface_hub's cache layout: refs/main names the snapshot that holds the file."""
+    (root / folder / "refs").mkdir(parents=True)
+    (root / folder / "refs" / "main").write_text("0" * 40)
+    snapshot = root / folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / filename).write_bytes(b"cached")
+
+
+def test_cached_weights_and_dataset_pass_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from cifar10_levels.models import pretrained_weights_problem
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert "hf download" in pretrained_weights_problem("test_resnet", hub_up=False)
+    assert "hf download" in dataset_problem(None, hub_up=False)
+    hub_id = get_pretrained_cfg("test_resnet").hf_hub_id
+    fake_hub_cache(tmp_path, "models--" + hub_id.replace("/", "--"), "model.safetensors")
+    fake_hub_cache(tmp_path, "datasets--uoft-cs--cifar10", "README.md")
+    assert pretrained_weights_problem("test_resnet", hub_up=False) is None
+    assert dataset_problem(None, hub_up=False) is None
+    assert pretrained_weights_problem("test_resnet", hub_up=True) is None
