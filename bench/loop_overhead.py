@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from measure import ROOT, CpuClock, Spread, environment_header, interleave, ratio
+from measure import CpuClock, Spread, environment_header, interleave, ratio
 
 from cifar10_levels.cli import recipe_from_args, train_parser
 from cifar10_levels.loop import RunOptions, build_optimizer, train_one_epoch
