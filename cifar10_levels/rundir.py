@@ -32,7 +32,9 @@ def existing_run_files(directory: Path) -> list[str]:
 
 
 def has_saved_state(directory: Path) -> bool:
-    return any((directory / name / "train_state.json").exists() for name in ("state", "state.old"))
+    from .trainer import find_state_dir  # the one place that knows where --resume looks
+
+    return find_state_dir(directory) is not None
 
 
 def run_dir_problem(directory: Path, resume: bool, overwrite: bool) -> str | None:
