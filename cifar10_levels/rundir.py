@@ -47,7 +47,7 @@ def run_dir_problem(directory: Path, resume: bool, overwrite: bool) -> str | Non
         return None
     if found and not overwrite:
         return (f"run directory {directory} already holds a run ({', '.join(found)}); continue it "
-                "with --resume, replace it with --overwrite, or keep it and start another with "
+                "with --resume, replace it with --overwrite, or keep it and start a new run with "
                 "another --seed, --run-name or --output-dir")
     return None
 
