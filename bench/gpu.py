@@ -1,7 +1,7 @@
 """GPU training images/s of levels 1-4 (fp16, channels_last, with and without --compile) against a
 bare loop on the same GPU, with peak GPU memory. Every row names the GPU it was measured on.
 
-    python bench/gpu.py --dataset ../shared/cifar10           # levels 1-4
+    python bench/gpu.py --dataset DIR           # levels 1-4, DIR: your local CIFAR-10 copy
     python bench/gpu.py --level 2 --no-compile-variant
 
 Where CUDA is not available it says so and exits 0: a CPU figure is never reported as a GPU one.

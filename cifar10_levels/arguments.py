@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from .errors import UserError
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but bad flags are a one-line UserError (exit 2) like every other bad input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse's own matcher misses -1e-3, which then "expects an argument" instead of
+        # reaching the flag's range check
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
     def error(self, message: str):
         raise UserError(message)

@@ -36,6 +36,7 @@ class RunOptions:
     eval_limit: int | None = None
     pretrained_file: str | None = None
     resume: bool = False
+    overwrite: bool = False                # replace the run already in the run directory
     mixed_precision: str | None = None     # None: fp16 on CUDA, bf16/no on CPU as the recipe says
     grad_accum: int = 1
     lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)

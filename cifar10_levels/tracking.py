@@ -70,8 +70,8 @@ class RunLog:
 
     @property
     def run_name(self) -> str:
-        r = self.trainer.recipe
-        return self.trainer.opts.run_name or f"L{r.level}-{r.arch}-s{r.seed}"
+        from .rundir import run_name
+        return run_name(self.trainer.recipe, self.trainer.opts.run_name)
 
     @property
     def title(self) -> str:

@@ -26,13 +26,14 @@ from .metrics import per_class_accuracy
 from .models import (clean_state_dict, count_parameters, create_model, set_backbone_trainable,
                      set_train_mode)
 from .recipes import Phase, Recipe
+from .rundir import clear_run_dir, run_dir
 from .tracking import write_history
 
 STATE_DIR = "state"
 
 
 def run_dir_for(recipe: Recipe, opts: RunOptions) -> Path:
-    return Path(opts.output_dir) / f"L{recipe.level}-{recipe.arch}"
+    return run_dir(opts.output_dir, recipe, opts.run_name)
 
 
 def replace_dir(new: Path, target: Path) -> None:
@@ -234,6 +235,8 @@ class Trainer:
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
         if acc.is_main_process:
+            if self.opts.overwrite:
+                clear_run_dir(self.run_dir)
             remove_stale_temporaries(ensure_writable_dir(self.run_dir))
         acc.wait_for_everyone()
         resuming = self.opts.resume

@@ -59,7 +59,7 @@ def two_process_run(tiny_cifar, tmp_path_factory):
             *extra), env={"RECORD_WEIGHTS_DIR": str(digests), "WANDB_MODE": "offline"})
 
     first = run("--epochs", "1", "1")
-    return {"out": out, "run_dir": out / "L1-test_resnet", "digests": digests, "first": first,
+    return {"out": out, "run_dir": out / "L1-test_resnet-s42", "digests": digests, "first": first,
             "run": run}
 
 
@@ -144,7 +144,7 @@ def checks(tiny_cifar, tmp_path_factory):
 def weights(checks, run: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(checks["out"] / run / "Ldist-test_convnext" / "last.safetensors")
+    return load_file(checks["out"] / run / "Ldist-test_convnext-s42" / "last.safetensors")
 
 
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
