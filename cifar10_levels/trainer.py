@@ -19,11 +19,11 @@ from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
 from .files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
 from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
-                   build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
-                   train_one_epoch)
+                   build_scheduler, evaluate, format_duration, scaled_lr, train_one_epoch)
 from .metrics import per_class_accuracy
-from .models import (clean_state_dict, count_parameters, create_model, set_backbone_trainable,
-                     set_train_mode)
+from .models import (clean_state_dict, count_parameters, create_model, load_full_state_dict,
+                     set_backbone_trainable, set_train_mode)
+from .precision import Amp, accelerator_precision, default_precision
 from .recipes import Phase, Recipe
 from .tracking import write_history
 
@@ -64,7 +64,7 @@ def find_state_dir(run_dir: Path) -> Path | None:
 
 class Trainer:
     def __init__(self, recipe: Recipe, opts: RunOptions):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
         from accelerate.utils import DataLoaderConfiguration, set_seed
 
         from .tracking import tracker_names
@@ -73,13 +73,14 @@ class Trainer:
         self.run_dir = run_dir_for(recipe, opts)
         precision = opts.mixed_precision or default_precision(recipe)
         self.accelerator = Accelerator(
-            mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
+            mixed_precision=accelerator_precision(precision, PartialState().device), gradient_accumulation_steps=opts.grad_accum,
             # data_seed: the same shuffle on every process (the global seed differs per process)
             dataloader_config=DataLoaderConfiguration(
                 use_seedable_sampler=True, data_seed=recipe.seed,
                 non_blocking=torch.cuda.is_available()),
             log_with=tracker_names(opts.report_to) or None, project_dir=str(self.run_dir))
         acc = self.accelerator
+        self.amp = Amp.for_accelerator(acc, precision)
         check_one_process_group(acc)
         if acc.is_main_process:
             check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
@@ -230,7 +231,7 @@ class Trainer:
     def fit(self) -> dict:
         acc, recipe = self.accelerator, self.recipe
         self.print(f"recipe: {json.dumps(recipe.to_dict())}")
-        self.print(f"hardware: {self.device_name()}, precision {acc.mixed_precision}; "
+        self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {acc.num_processes} process(es) x "
                    f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
@@ -277,7 +278,7 @@ class Trainer:
                 from accelerate import skip_first_batches
                 loader = skip_first_batches(loader, state.step)
             stats = train_one_epoch(self, phase, loader, state.step)
-            val = evaluate(acc, self.model, self.prepared_val, self.normalize)
+            val = evaluate(acc, self.model, self.prepared_val, self.normalize, autocast=self.amp.autocast)
             state.train_seconds = time.perf_counter() - started
             state.epochs_done += 1
             improved = val.acc > state.best_val_acc
@@ -308,9 +309,8 @@ class Trainer:
     def load_best(self) -> None:
         from safetensors.torch import load_file
         best = self.run_dir / "best.safetensors"
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        acc.unwrap_model(self.model).load_state_dict(load_file(str(best)))
+        self.accelerator.wait_for_everyone()
+        load_full_state_dict(self.base_model, load_file(str(best)))
 
     def finish(self, seconds: float) -> dict:
         acc, recipe, state = self.accelerator, self.recipe, self.state
@@ -320,7 +320,8 @@ class Trainer:
         if self.prepared_val is None:
             self.prepared_val = acc.prepare(self.val_loader)
         test_loader = acc.prepare_data_loader(self.test_loader)
-        views = evaluate(acc, self.model, test_loader, self.normalize, max(recipe.tta, 1))
+        views = evaluate(acc, self.model, test_loader, self.normalize, max(recipe.tta, 1),
+                         autocast=self.amp.autocast)
         test, tta = views.plain(), (views if recipe.tta > 1 else None)
         per_class = per_class_accuracy(test.preds, test.labels, len(self.data.class_names))
         history = state.history
@@ -332,7 +333,7 @@ class Trainer:
             "per_class_acc": dict(zip(self.data.class_names, per_class)),
             "num_params": self.num_params, "train_seconds": seconds,
             "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
-            "hardware": self.device_name(), "precision": acc.mixed_precision,
+            "hardware": self.device_name(), "precision": self.amp.name,
             "num_processes": acc.num_processes, "global_batch": self.global_batch,
             "dataset": self.data.source, "split_sizes": {"train": len(self.data.train),
                                                          "val": len(self.data.val),
