@@ -20,11 +20,6 @@ def default_precision(recipe) -> str:
     return "bf16" if recipe.optimizer == "fast" and bf16_fast else "no"
 
 
-def accelerator_precision(precision: str, device: torch.device) -> str:
-    """What to ask Accelerate for: it ignores fp16 on a CPU (no autocast, no scaler), so we add both."""
-    return "no" if precision == "fp16" and device.type == "cpu" else precision
-
-
 @dataclass
 class Amp:
     """The run's precision as the loop uses it: an autocast context and the gradient scaler (or None)."""
@@ -38,7 +33,10 @@ class Amp:
 
     @classmethod
     def for_accelerator(cls, accelerator, precision: str) -> "Amp":
-        """Call before `prepare`: Accelerate's optimizer wrapper, backward and save_state use its scaler."""
+        """Call before `prepare`: Accelerate's optimizer wrapper, backward and save_state use its scaler.
+
+        On a CPU Accelerate accepts fp16 but does nothing with it (no autocast, no scaler): we add both.
+        """
         if precision == "fp16" and accelerator.device.type == "cpu":
             accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=INITIAL_SCALE)
             return cls("fp16", accelerator.scaler, torch.float16)

@@ -23,7 +23,7 @@ from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_op
 from .metrics import per_class_accuracy
 from .models import (clean_state_dict, count_parameters, create_model, load_full_state_dict,
                      set_backbone_trainable, set_train_mode)
-from .precision import Amp, accelerator_precision, default_precision
+from .precision import Amp, default_precision
 from .recipes import Phase, Recipe
 from .tracking import write_history
 
@@ -64,7 +64,7 @@ def find_state_dir(run_dir: Path) -> Path | None:
 
 class Trainer:
     def __init__(self, recipe: Recipe, opts: RunOptions):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration, set_seed
 
         from .tracking import tracker_names
@@ -73,7 +73,7 @@ class Trainer:
         self.run_dir = run_dir_for(recipe, opts)
         precision = opts.mixed_precision or default_precision(recipe)
         self.accelerator = Accelerator(
-            mixed_precision=accelerator_precision(precision, PartialState().device), gradient_accumulation_steps=opts.grad_accum,
+            mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
             # data_seed: the same shuffle on every process (the global seed differs per process)
             dataloader_config=DataLoaderConfiguration(
                 use_seedable_sampler=True, data_seed=recipe.seed,
