@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -82,13 +83,15 @@ class Trainer:
         acc = self.accelerator
         self.amp = Amp.for_accelerator(acc, precision)
         check_one_process_group(acc)
-        if acc.is_main_process:
+        if acc.is_local_main_process:  # every machine writes its own copy unless the disk is shared
             check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
         acc.wait_for_everyone()
         self.state_dir = find_state_dir(self.run_dir)
-        if opts.resume and self.state_dir is None:
-            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state); "
+        if opts.resume and not self.on_every_process(self.state_dir is not None):
+            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state"
+                            f"{'' if self.state_dir is None else ' on another machine'}); "
                             "start without --resume")
+        self.writes_files = acc.is_main_process  # set per machine in fit(), once the disk is known
 
         self.data: CIFAR10 = load_cifar10(opts.dataset, opts.train_limit, opts.eval_limit)
         self.global_batch = recipe.batch_size * acc.num_processes * opts.grad_accum
@@ -129,9 +132,46 @@ class Trainer:
         from .tracking import RunLog
         self.log = RunLog(self)
 
+    def on_every_process(self, condition: bool) -> bool:
+        flag = torch.tensor([float(condition)], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).min().item())
+
+    def output_dir_is_shared(self) -> bool:
+        """Whether every process sees the global main's run dir: it leaves a token there, all look."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        name = [f".shared-{uuid.uuid4().hex}.tmp" if acc.is_main_process else None]
+        if acc.num_processes > 1:
+            broadcast_object_list(name)
+        token = self.run_dir / name[0]
+        if acc.is_main_process:
+            token.touch()
+        acc.wait_for_everyone()
+        shared = self.on_every_process(token.exists())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            token.unlink()
+        return shared
+
+    def prepare_output_dir(self) -> None:
+        """Shared disk: the global main writes. Machine-local disks: each machine's main keeps a copy
+        of best.safetensors and state/, which load_best and --resume read on that machine."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            remove_stale_temporaries(ensure_writable_dir(self.run_dir))
+        acc.wait_for_everyone()
+        shared = self.output_dir_is_shared()
+        self.writes_files = acc.is_main_process or (acc.is_local_main_process and not shared)
+        acc.project_configuration.save_on_each_node = not shared  # Accelerate's save_state likewise
+        if self.writes_files and not acc.is_main_process:
+            remove_stale_temporaries(ensure_writable_dir(self.run_dir))
+        acc.wait_for_everyone()
+
     # ---- printing -------------------------------------------------------------------------
     def print(self, *args) -> None:
-        self.accelerator.print(*args, flush=True)
+        if self.accelerator.is_main_process:  # accelerator.print prints once per machine
+            print(*args, flush=True)
 
     def progress_bar(self, total: int, initial: int, desc: str):
         if not (self.opts.progress and self.accelerator.is_local_main_process):
@@ -177,12 +217,12 @@ class Trainer:
     def save_state(self) -> None:
         acc = self.accelerator
         tmp = self.run_dir / (STATE_DIR + ".tmp")
-        if acc.is_main_process and tmp.exists():
+        if self.writes_files and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
-        if acc.is_main_process:
+        if self.writes_files:
             write_json(tmp / "train_state.json", asdict(self.state))
             replace_dir(tmp, self.run_dir / STATE_DIR)
         acc.wait_for_everyone()
@@ -210,7 +250,7 @@ class Trainer:
     def save_checkpoint(self, name: str, meta: CheckpointMeta) -> None:
         """Called on every process: under FSDP get_state_dict gathers the full weights."""
         state = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
+        if self.writes_files:
             save_checkpoint(self.run_dir / f"{name}.safetensors", clean_state_dict(state), meta)
 
     # ---- the run --------------------------------------------------------------------------
@@ -236,9 +276,7 @@ class Trainer:
                    f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
-        if acc.is_main_process:
-            remove_stale_temporaries(ensure_writable_dir(self.run_dir))
-        acc.wait_for_everyone()
+        self.prepare_output_dir()
         resuming = self.opts.resume
         if resuming:
             self.load_state()
