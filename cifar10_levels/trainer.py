@@ -56,6 +56,15 @@ def check_one_process_group(accelerator) -> None:
                         "accelerate launch --multi_gpu ... (see docs/distributed.md)")
 
 
+def check_fsdp_formed(accelerator) -> None:
+    """Accelerate 1.15 turns an FSDP launch on CPUs into plain DDP (MULTI_CPU) without a word."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
+            and accelerator.distributed_type.name != "FSDP":
+        raise UserError(f"the launch asks for FSDP but Accelerate formed {accelerator.distributed_type.name}"
+                        " (it runs FSDP on GPUs only, not on a CPU); on a CPU launch with "
+                        "accelerate_configs/cpu_2proc.yaml instead (see docs/distributed.md)")
+
+
 def find_state_dir(run_dir: Path) -> Path | None:
     for candidate in (run_dir / STATE_DIR, run_dir / (STATE_DIR + ".old")):
         if (candidate / "train_state.json").exists():
@@ -83,6 +92,7 @@ class Trainer:
         acc = self.accelerator
         self.amp = Amp.for_accelerator(acc, precision)
         check_one_process_group(acc)
+        check_fsdp_formed(acc)
         if acc.is_local_main_process:  # every machine writes its own copy unless the disk is shared
             check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
         acc.wait_for_everyone()
