@@ -39,7 +39,7 @@ class RunOptions:
     eval_limit: int | None = None
     pretrained_file: str | None = None
     resume: bool = False
-    mixed_precision: str | None = None     # None: fp16 on CUDA, bf16/no on CPU as the recipe says
+    mixed_precision: str | None = None     # None: precision.default_precision
     grad_accum: int = 1
     lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)
     compile: bool = False
