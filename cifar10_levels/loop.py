@@ -210,9 +210,9 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
             if scaled or not nonfinite_on_any_process(acc_, loss):
                 acc_.backward(loss)
                 optimizer.step()
-            # a skipped step still advances the schedule: it follows the batch count, so it ends with
-            # the phase (Accelerate's scheduler would hold back after a scaler skip, but fused AdamW
-            # takes every step call and skips inside the kernel)
+            # a skipped step still advances the schedule, which follows the batch count and ends with
+            # the phase; after a scaler skip Accelerate holds it back only for optimizers without
+            # fused scaling (the fast recipe's Muon/SGD): fused AdamW skips inside its kernel
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         n = labels.shape[0]
