@@ -92,7 +92,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="replace the run already in the run directory (never done without this flag)")
     h = p.add_argument_group("hardware and speed")
     h.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
-                   help="default: fp16 on CUDA, no on CPU (bf16 for --level fast where supported)")
+                   help="default: bf16 on GPUs of compute capability >= 8, else fp16 on CUDA; no on CPU "
+                   "(bf16 for --level fast where supported)")
     h.add_argument("--grad-accum", type=positive(int), default=1, help="gradient accumulation steps")
     h.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
                    help="linear: lr x global batch / recipe batch")

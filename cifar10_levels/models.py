@@ -126,9 +126,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without DDP's `module.` or torch.compile's `_orig_mod.` prefixes."""
-    return clean_state_dict(model.state_dict())
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Clean (unprefixed) full weights into the model, whether plain, compiled, DDP- or FSDP-wrapped."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .recipes import Recipe
 
+STATE_DIR = "state"     # Accelerate's save_state + train_state.json, for --resume
 # Any of these in a directory means a run (finished or not) lives there.
 RUN_FILES = ("best.safetensors", "last.safetensors", "results.json", "history.jsonl",
              "state", "state.old", "state.tmp")
@@ -31,10 +32,28 @@ def existing_run_files(directory: Path) -> list[str]:
     return [name for name in RUN_FILES if (directory / name).exists()]
 
 
-def has_saved_state(directory: Path) -> bool:
-    from .trainer import find_state_dir  # the one place that knows where --resume looks
+def find_state_dir(run_dir: Path) -> Path | None:
+    """Where --resume reads: state/, or state.old/ when a kill came between the two renames."""
+    for candidate in (run_dir / STATE_DIR, run_dir / (STATE_DIR + ".old")):
+        if (candidate / "train_state.json").exists():
+            return candidate
+    return None
 
+
+def has_saved_state(directory: Path) -> bool:
     return find_state_dir(directory) is not None
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap a finished directory into place; a kill leaves `target` or `target.old` intact."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        if old.exists():  # stale: only deleted while `target` is a complete copy
+            shutil.rmtree(old)
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def run_dir_problem(directory: Path, resume: bool, overwrite: bool) -> str | None:

@@ -17,7 +17,7 @@ import torch
 from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from cifar10_levels.cli import train_main
 from cifar10_levels.errors import UserError
-from cifar10_levels.models import create_model, unwrapped_state_dict
+from cifar10_levels.models import create_model
 
 from conftest import CLASS_NAMES, ROOT, make_images, run_cli, write_split
 
@@ -50,17 +50,17 @@ def make_corpus(root: Path) -> None:
 
     model = create_model("test_resnet", 10)
     good = root / "good.safetensors"
-    save_checkpoint(good, unwrapped_state_dict(model), checkpoint_meta())
+    save_checkpoint(good, model.state_dict(), checkpoint_meta())
     data = good.read_bytes()
     (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (root / "zero_bytes.safetensors").write_bytes(b"")
     (root / "text.safetensors").write_text("these are not the weights you are looking for\n" * 4)
     (root / "huge_header.safetensors").write_bytes(struct.pack("<Q", 2 ** 40) + b'{"a": 1}' * 8)
     save_checkpoint(root / "hundred_classes.safetensors",
-                    unwrapped_state_dict(create_model("test_resnet", 100)), checkpoint_meta(num_classes=100))
-    save_checkpoint(root / "unknown_arch.safetensors", unwrapped_state_dict(model),
+                    create_model("test_resnet", 100).state_dict(), checkpoint_meta(num_classes=100))
+    save_checkpoint(root / "unknown_arch.safetensors", model.state_dict(),
                     checkpoint_meta(arch="no_such_net"))
-    save_checkpoint(root / "classes_not_matching_weights.safetensors", unwrapped_state_dict(model),
+    save_checkpoint(root / "classes_not_matching_weights.safetensors", model.state_dict(),
                     checkpoint_meta(num_classes=100))
     torch.save(model.state_dict(), root / "pickle.pt")
     torch.save(model.state_dict(), root / "pickle_named.safetensors")

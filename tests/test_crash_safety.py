@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cifar10_levels.checkpoint import read_meta
 from cifar10_levels.cli import train_main
-from cifar10_levels.trainer import find_state_dir, replace_dir
+from cifar10_levels.rundir import find_state_dir, replace_dir
 
 from conftest import ROOT, TINY_TRAIN, train
 
