@@ -122,7 +122,7 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     assert results["precision"] == expected_precision
     assert results["arch"] == "cifar_speednet" and results["num_params"] == EXPECTED_PARAMS
     assert results["test_acc"] > 0.5, results  # the tiny fixture's classes show as colours
-    assert results["test_acc_tta"] is not None and results["tta_views"] == get_recipe("fast").tta
+    assert results["test_acc_tta"] > 0.5 and results["tta_views"] == get_recipe("fast").tta
     model, meta = load_checkpoint(run_dir / "best.safetensors")
     assert meta.arch == "cifar_speednet" and meta.test_acc == results["test_acc"]
     # the frozen first layer is what init_from_data makes from this run's training images
