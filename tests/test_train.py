@@ -13,11 +13,12 @@ from conftest import ROOT, run_cli, train
 # Each level's recipe (augmentation, smoothing, Mixup/CutMix, TTA) with the tiny model that learns
 # structured_cifar in 1 + 4 epochs; test_efficientnet and test_convnext train in test_ensemble.py.
 LEVELS = ("1", "2", "3", "4")
-# On structured_cifar (seeds 42, 0, 1) correct code reaches 0.55-0.67 test accuracy. Deliberately
-# broken code stays at or below 0.17: labels shuffled 0.04, training inputs normalized as if in
-# [0, 1] 0.17, crop/flip that scrambles pixels 0.10. Chance is 0.1.
-MIN_TEST_ACC = 0.4
-# TTA changed plain accuracy by +0.015 to +0.02 with correct views; views shifted 16 px instead of
+# On structured_cifar (seeds 42, 0, 1) correct code reached 0.465-0.67 test accuracy (level 2, seed 1,
+# lowest). Deliberately broken code stayed at or below 0.25: labels shuffled 0.04, training inputs
+# normalized as if in [0, 1] 0.17, a crop/flip that scrambles pixels 0.10, Mixup targets with lam and
+# 1 - lam swapped 0.25 (level 2). Chance is 0.1.
+MIN_TEST_ACC = 0.35
+# TTA changed plain accuracy by +0.01 to +0.02 with the right views; views shifted 16 px instead of
 # 2 px lost 0.075.
 MAX_TTA_LOSS = 0.04
 
