@@ -57,7 +57,8 @@ def test_mixup_and_cutmix_loss_equals_the_hand_computation_with_smoothing_applie
         for _ in range(5):
             images = batch(n)
             x, targets = aug(images, labels, mix=True)
-            own, other = NORM.standardize(images), NORM.standardize(images.flip(0))  # batch mode: pairs i, n-1-i
+            # batch mode mixes image i with image n-1-i
+            own, other = NORM.standardize(images), NORM.standardize(images.flip(0))
             if mixup_alpha:
                 lam = ((x - other) * (own - other)).sum() / ((own - other) ** 2).sum()
                 assert torch.allclose(x, lam * own + (1 - lam) * other, atol=1e-4)
@@ -171,7 +172,8 @@ def _evaluate(acc, model, images, labels, tta):
 def test_tta_probabilities_are_the_mean_softmax_over_the_views(accelerator):
     images, labels = batch(120), torch.randint(0, 10, (120,))
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 10))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 10))
     with torch.no_grad():
         per_view = [model(NORM(shifted_batch)).softmax(1) for shifted_batch in
                     [torch.stack([shifted(im.flip(2) if m else im, r, d) for im in images])
