@@ -71,6 +71,46 @@ def tiny_cifar(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("tiny_cifar"))
 
 
+def make_structured_images(labels: np.ndarray, rng: np.random.RandomState, size: int = 32) -> np.ndarray:
+    """Class = a spatial pattern, never a colour: horizontal or vertical stripes (period 4 or 8),
+    checkerboards (cell 2 or 4), a disk, a ring, a plus or an X, at a random phase or place, in random
+    foreground/background colours, with noise. Every pattern is its own mirror image, so flips keep
+    the class; only spatial features tell the classes apart."""
+    n = len(labels)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.empty((n, size, size, 3))
+    for i, c in enumerate(labels):
+        oy, ox = rng.randint(0, 8, 2)
+        cy, cx = rng.randint(10, size - 10, 2)
+        dy, dx = yy - cy, xx - cx
+        radius = np.hypot(dy, dx)
+        mask = [((yy + oy) // 2) % 2, ((yy + oy) // 4) % 2, ((xx + ox) // 2) % 2, ((xx + ox) // 4) % 2,
+                ((yy + oy) // 2 + (xx + ox) // 2) % 2, ((yy + oy) // 4 + (xx + ox) // 4) % 2,
+                radius < 7, (radius > 5) & (radius < 8),
+                ((abs(dy) < 2) | (abs(dx) < 2)) & (abs(dy) < 9) & (abs(dx) < 9),
+                ((abs(dy - dx) < 2) | (abs(dy + dx) < 2)) & (abs(dy) < 8)][c].astype(float)[..., None]
+        fg, bg = rng.randint(0, 256, 3), rng.randint(0, 256, 3)
+        while np.abs(fg - bg).sum() < 150:  # the pattern must show
+            fg, bg = rng.randint(0, 256, 3), rng.randint(0, 256, 3)
+        images[i] = mask * fg + (1 - mask) * bg + rng.normal(0, 20, (size, size, 3))
+    return images.clip(0, 255).astype(np.uint8)
+
+
+def make_structured_dataset(root: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) -> Path:
+    rng = np.random.RandomState(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = np.arange(n) % 10
+        write_split(root / "plain_text" / f"{split}-00000-of-00001.parquet",
+                    make_structured_images(labels, rng), labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def structured_cifar(tmp_path_factory) -> Path:
+    """500 train / 200 test images whose class is a spatial pattern in random colours (hub layout)."""
+    return make_structured_dataset(tmp_path_factory.mktemp("structured_cifar"))
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CIFAR10_LEVELS_CACHE", str(tmp_path_factory.getbasetemp() / "decode_cache"))

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from accelerate.utils import set_seed
 
@@ -29,6 +30,54 @@ def test_mixup_cutmix_targets_are_distributions_with_smoothing_mass():
         assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32)
     x, target = aug(batch(), labels, mix=False)
     assert torch.equal(target, labels)
+
+
+def smoothed_one_hot(labels: torch.Tensor, smoothing: float, classes: int = 10) -> torch.Tensor:
+    return torch.full((len(labels), classes), smoothing / classes).scatter_(
+        1, labels.view(-1, 1), 1 - smoothing + smoothing / classes)
+
+
+def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The loss a mixing phase trains with: timm's SoftTargetCrossEntropy on timm Mixup's targets,
+    which already carry the label smoothing (so it is applied once)."""
+    from timm.loss import SoftTargetCrossEntropy
+
+    return SoftTargetCrossEntropy()(logits, targets)
+
+
+def test_mixup_and_cutmix_loss_equals_the_hand_computation_with_smoothing_applied_once():
+    smoothing, n = 0.1, 16
+    labels = torch.arange(n) % 10
+    logits = torch.randn(n, 10)
+    for mixup_alpha, cutmix_alpha in ((1.0, 0.0), (0.0, 1.0)):
+        # no other augmentation, so the mixed batch shows lam
+        policy = Augment(crop_padding=0, flip=False, color_jitter=0.0, mixup_alpha=mixup_alpha,
+                         cutmix_alpha=cutmix_alpha)
+        aug = TrainAugment(policy, NORM, smoothing, 10, torch.device("cpu"))
+        for _ in range(5):
+            images = batch(n)
+            x, targets = aug(images, labels, mix=True)
+            # batch mode mixes image i with image n-1-i
+            own, other = NORM.standardize(images), NORM.standardize(images.flip(0))
+            if mixup_alpha:
+                lam = ((x - other) * (own - other)).sum() / ((own - other) ** 2).sum()
+                assert torch.allclose(x, lam * own + (1 - lam) * other, atol=1e-4)
+            else:
+                from_own = (x == own).all(1) & ~(x == other).all(1)
+                pasted = (x == other).all(1) & ~(x == own).all(1)
+                assert bool((from_own | pasted | (own == other).all(1)).all())
+                lam = 1 - pasted[0].float().mean()  # one box for the whole batch
+                assert bool((pasted == pasted[0]).all())
+            expected = lam * smoothed_one_hot(labels, smoothing) + \
+                (1 - lam) * smoothed_one_hot(labels.flip(0), smoothing)
+            torch.testing.assert_close(targets, expected, atol=1e-5, rtol=0)
+            by_hand = -(expected * logits.log_softmax(1)).sum(1).mean()
+            torch.testing.assert_close(soft_target_loss(logits, targets), by_hand, atol=1e-5, rtol=0)
+            # smoothing applied a second time by the loss would give another number
+            twice = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=smoothing)
+            assert abs(twice.item() - by_hand.item()) > 1e-4
+    x, targets = aug(batch(n), labels, mix=False)  # a phase without mixing keeps the hard labels
+    assert torch.equal(targets, labels)
 
 
 def test_cutmix_lambda_matches_the_pasted_area():
@@ -75,20 +124,32 @@ def test_random_crop_is_a_shift_with_zero_fill():
         assert match
 
 
-def test_tta_views_start_with_identity_and_are_deterministic():
-    x = batch()
-    views = tta_views(x, len(TTA_VIEWS))
-    assert torch.equal(views[0], x) and torch.equal(views[1], x.flip(3))
-    assert all(torch.equal(a, b) for a, b in zip(views, tta_views(x, len(TTA_VIEWS))))
+def shifted(image: torch.Tensor, right: int, down: int) -> torch.Tensor:
+    """`image` (C, H, W) moved right/down by whole pixels, zeros where nothing moves in."""
+    out = torch.zeros_like(image)
+    _, h, w = image.shape
+    # out[y, x] = image[y - down, x - right] wherever that source pixel exists
+    out[:, max(down, 0):h + min(down, 0), max(right, 0):w + min(right, 0)] = \
+        image[:, max(-down, 0):h - max(down, 0), max(-right, 0):w - max(right, 0)]
+    return out
 
 
-class ConstantModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.randn(10))
+# README's list of test-time views, in order: (mirror first, then shift right px, shift down px)
+README_VIEWS = [(False, 0, 0), (True, 0, 0), (False, 2, 2), (True, -2, -2), (False, -2, 2),
+                (True, 2, -2), (False, 2, -2), (True, -2, 2)]
 
-    def forward(self, x):
-        return self.logits.expand(x.shape[0], 10)
+
+def test_every_tta_view_is_the_documented_flip_and_shift_pixel_for_pixel():
+    x = batch(3)
+    views = tta_views(x, 8)
+    assert len(views) == 8 and len(TTA_VIEWS) == 8
+    for k, (mirror, right, down) in enumerate(README_VIEWS):
+        for i in range(3):
+            expected = shifted(x[i].flip(2) if mirror else x[i], right, down)
+            assert torch.equal(views[k][i], expected), f"view {k}, image {i}"
+    for count in range(1, 9):  # the first `count` views, the same ones
+        assert all(torch.equal(a, b) for a, b in zip(tta_views(x, count), views[:count]))
+    assert len(tta_views(x, 3)) == 3
 
 
 class FlipInvariantModel(torch.nn.Module):
@@ -108,12 +169,25 @@ def _evaluate(acc, model, images, labels, tta):
     return evaluate(acc, model, loader, NORM, tta)
 
 
-def test_tta_of_input_blind_model_equals_plain_output(accelerator):
+def test_tta_probabilities_are_the_mean_softmax_over_the_views(accelerator):
     images, labels = batch(120), torch.randint(0, 10, (120,))
-    model = ConstantModel()
-    plain = _evaluate(accelerator, model, images, labels, 1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 10))
+    with torch.no_grad():
+        per_view = [model(NORM(shifted_batch)).softmax(1) for shifted_batch in
+                    [torch.stack([shifted(im.flip(2) if m else im, r, d) for im in images])
+                     for m, r, d in README_VIEWS[:5]]]
     tta = _evaluate(accelerator, model, images, labels, 5)
-    assert torch.allclose(plain.probs, tta.probs, atol=1e-6)
+    assert torch.equal(tta.labels, labels)
+    torch.testing.assert_close(tta.probs, torch.stack(per_view).mean(0))
+    torch.testing.assert_close(tta.plain_probs, per_view[0])
+    assert not torch.allclose(per_view[0], per_view[2], atol=1e-3)  # the views really differ
+    assert tta.acc == pytest.approx((tta.probs.argmax(1) == labels).float().mean().item())
+    plain = _evaluate(accelerator, model, images, labels, 1)
+    torch.testing.assert_close(plain.probs, per_view[0])
+    loss = torch.nn.functional.cross_entropy(per_view[0].log(), labels).item()
+    assert plain.loss == pytest.approx(loss, rel=1e-4) and tta.loss == pytest.approx(loss, rel=1e-4)
 
 
 def test_tta_of_flip_invariant_model_equals_plain_accuracy(accelerator):

@@ -221,10 +221,6 @@ def test_real_command_exits_2_without_traceback(args, names, bad_inputs):
     assert not (bad_inputs / "out" / "L1-test_resnet-s42").exists()
 
 
-ENSEMBLE = ROOT / "cifar10_levels" / "ensemble.py"
-
-
-@pytest.mark.skipif(not ENSEMBLE.exists(), reason="ensemble.py not written yet")
 @pytest.mark.parametrize("name", ["truncated.safetensors", "hundred_classes.safetensors"])
 def test_ensemble_refuses_bad_checkpoints(name, bad_inputs):
     good, bad = BAD + "good.safetensors", BAD + name

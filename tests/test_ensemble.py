@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 from cifar10_levels.ensemble import main as ensemble_main
 from conftest import CLASS_NAMES, run_cli, train
@@ -27,6 +28,20 @@ def runs(tiny_cifar, tmp_path_factory) -> Path:
     with ThreadPoolExecutor(len(MEMBERS)) as pool:
         list(pool.map(one, MEMBERS))
     return out
+
+
+def member_test_probs(runs: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(members, samples, classes) test probabilities and the labels, read from the members' caches."""
+    from safetensors import safe_open
+
+    probs, labels = [], None
+    for path in sorted(runs.rglob(".best.*.probs.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            if json.loads(f.metadata()["split"]) == "test":
+                probs.append(f.get_tensor("probs"))
+                labels = f.get_tensor("labels")
+    assert len(probs) == len(MEMBERS)
+    return torch.stack(probs), labels
 
 
 def files_under(path: Path) -> set[Path]:
@@ -53,7 +68,21 @@ def test_votes_three_architectures_at_their_own_sizes(runs, tiny_cifar, tmp_path
     for vote in results["votes"].values():
         assert 0.0 <= vote["test_acc"] <= results["oracle_test_acc"]
     assert sum(results["votes"]["weighted"]["weights"]) == pytest.approx(1.0, abs=1e-3)
-    assert isinstance(results["majority_ties"]["test"], int)
+    # ties and votes recomputed by hand from the members' cached test probabilities
+    probs, labels = member_test_probs(runs)
+    preds = probs.argmax(2)                                      # (members, samples)
+    ties = sum(len(set(preds[:, i].tolist())) == 3 for i in range(preds.shape[1]))  # 1-1-1 splits
+    assert results["majority_ties"]["test"] == ties
+    assert f"majority ties: {ties} test samples" in out
+    soft = (probs.mean(0).argmax(1) == labels).float().mean().item()
+    assert results["votes"]["soft"]["test_acc"] == pytest.approx(soft, abs=1e-9)
+    majority = []
+    for i in range(preds.shape[1]):
+        values, counts = preds[:, i].unique(return_counts=True)
+        tied = values[counts == counts.max()]
+        majority.append(tied[probs.sum(0)[i, tied].argmax()])  # most summed probability wins a tie
+    majority_acc = (torch.stack(majority) == labels).float().mean().item()
+    assert results["votes"]["majority"]["test_acc"] == pytest.approx(majority_acc, abs=1e-9)
     matrix = results["pairwise_disagreement_test"]
     assert len(matrix) == 3 and all(matrix[i][i] == 0 for i in range(3))
     assert sum(map(sum, results["confusion_matrix"])) == 100
