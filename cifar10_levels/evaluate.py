@@ -16,8 +16,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="PATH")
     p.add_argument("--dataset", metavar="PATH", help="local copy in the uoft-cs/cifar10 layout "
                    "(default: the Hugging Face Hub)")
-    p.add_argument("--tta", type=non_negative_int, default=2, metavar="N",
-                   help="test-time augmentation views reported beside the plain result (0/1 = off)")
+    p.add_argument("--tta", type=non_negative_int, metavar="N",
+                   help="test-time augmentation views reported beside the plain result (0/1 = off; "
+                        "default: the training recipe's views, at least 2)")
     p.add_argument("--eval-limit", type=positive(int), metavar="N", help="stratified test subset")
     p.add_argument("--batch-size", type=positive(int), default=256)
     p.add_argument("--output", metavar="DIR", help="write evaluation.json and reliability.png here")
@@ -56,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from .predict import check_tta
     from .weights import load_weights, read_weights_meta, resolve_weights
 
-    tta = check_tta(args.tta)
     path = resolve_weights(args.weights)
     meta = read_weights_meta(path)
+    tta = check_tta(args.tta if args.tta is not None else max(meta.recipe.get("tta", 0), 2))
     output = None
     if args.output:
         from .files import check_writable_dir

@@ -141,3 +141,29 @@ def test_help_is_fast_without_torch():
                 f"{module}_parser().format_help(); print('torch' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
         assert out.stdout.strip() == "False", (module, out.stderr)
+
+
+def test_push_uploads_the_export_folder_as_written(exported, monkeypatch):
+    """Only the calls into huggingface_hub are checked here (HfApi replaced by a recorder); what the
+    Hub answers is not: tests never reach it."""
+    from huggingface_hub import HfApi, ModelCard
+
+    from cifar10_levels.errors import UserError
+    from cifar10_levels.export import push_export
+
+    _, out = exported
+    calls = []
+    monkeypatch.setattr(ModelCard, "validate", lambda self, repo_type=None: calls.append("validate"))
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(
+        ("create_repo", repo_id, kw["private"])) or type("Url", (), {"repo_id": repo_id})())
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(
+        ("upload_folder", kw["repo_id"], kw["folder_path"])))
+    push_export(out, "someone/m", True, "hf_token")
+    assert calls == ["validate", ("create_repo", "someone/m", True),
+                     ("upload_folder", "someone/m", str(out))]
+
+    def refuse(self, **kw):
+        raise OSError("connection reset")
+    monkeypatch.setattr(HfApi, "upload_folder", refuse)
+    with pytest.raises(UserError, match="upload failed .*connection reset.*kept in"):
+        push_export(out, "someone/m", False, "hf_token")
