@@ -5,11 +5,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import CheckpointMeta, check_fits, check_safetensors_file, read_meta
 from .errors import UserError
 
 if TYPE_CHECKING:  # torch and timm load after argument parsing, so --help stays instant
     from torch import nn
+
+    from .checkpoint import CheckpointMeta
 
 BEST_NAME = "best.safetensors"
 EXPORT_WEIGHTS = "model.safetensors"     # timm's Hub layout: config.json beside it
@@ -54,6 +55,8 @@ def read_export_config(directory: Path, flag: str = "--weights") -> dict:
 
 def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
     """Our metadata from an export's config.json; what timm uses (size, mean, std) wins."""
+    from .checkpoint import CheckpointMeta
+
     config = read_export_config(directory, flag)
     cfg = config["pretrained_cfg"]
     saved = config.get(META_KEY) if isinstance(config.get(META_KEY), dict) else {}
@@ -78,6 +81,8 @@ def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
 
 def read_weights_meta(path: Path, flag: str = "--weights") -> CheckpointMeta:
     """The metadata alone, checked, before any model is built."""
+    from .checkpoint import check_fits, read_meta
+
     meta = export_meta(path, flag) if path.is_dir() else read_meta(path, flag)
     check_fits(meta, path, flag)
     return meta
@@ -88,6 +93,7 @@ def load_export(directory: Path, flag: str = "--weights") -> tuple[nn.Module, Ch
     import timm
 
     from . import speednet  # noqa: F401  registers cifar_speednet with timm
+    from .checkpoint import check_safetensors_file
 
     meta = read_weights_meta(directory, flag)
     check_safetensors_file(directory / EXPORT_WEIGHTS, flag)  # timm would fall back to pickles
