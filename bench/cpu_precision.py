@@ -1,6 +1,6 @@
 """Does bf16 pay on this CPU? fp32 vs bf16 for a matmul, a conv, and a cifar_speednet training step.
 
-The fast recipe trains in bf16 only where the CPU has AMX tiles (loop.default_precision); this
+The fast recipe trains in bf16 only where the CPU has AMX tiles (precision.default_precision); this
 benchmark is the evidence for that rule on the machine at hand. Each row alternates fp32 and bf16
 rounds and prints the median rate of each and the per-round ratio bf16 / fp32 (> 1: bf16 is faster).
 

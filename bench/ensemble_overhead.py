@@ -21,7 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar10_levels.augment import Normalizer  # noqa: E402
 from cifar10_levels.checkpoint import CheckpointMeta  # noqa: E402
 from cifar10_levels.data import ImageSet  # noqa: E402
-from cifar10_levels.ensemble import Member, build_report, evaluate_member, format_report  # noqa: E402
+from cifar10_levels.ensemble import format_report  # noqa: E402
+from cifar10_levels.ensemble_evaluation import evaluate_member  # noqa: E402
+from cifar10_levels.ensemble_members import Member, member_labels  # noqa: E402
+from cifar10_levels.ensemble_votes import build_report  # noqa: E402
 from cifar10_levels.models import create_model  # noqa: E402
 from cifar10_levels.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
@@ -84,7 +87,7 @@ def main() -> None:
     stacked = {s: torch.stack(v) for s, v in probs.items()}
     labels = {s: splits[s].labels for s in splits}
     votes_s, report = best_of(args.repeats, lambda: build_report(members, stacked, labels))
-    table_s, _ = best_of(args.repeats, lambda: format_report(report, [m.label for m in members]))
+    table_s, _ = best_of(args.repeats, lambda: format_report(report, member_labels([m.path for m in members])))
     overhead = eval_total - bare_total + votes_s + table_s
     print(f"images: val {len(labels['val'])} + test {len(labels['test'])} at {args.img_size} px, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads, best of {args.repeats}")

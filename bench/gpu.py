@@ -1,7 +1,7 @@
-"""GPU training images/s of levels 1-4 (fp16, channels_last, with and without --compile) against a
-bare loop on the same GPU, with peak GPU memory. Every row names the GPU it was measured on.
+"""GPU training images/s of levels 1-4 (train.py's default precision, channels_last, with and
+without --compile) against a bare loop on the same GPU, with peak GPU memory. Every row names the GPU it was measured on.
 
-    python bench/gpu.py --dataset ../shared/cifar10           # levels 1-4
+    python bench/gpu.py --dataset DIR           # levels 1-4, DIR: your local CIFAR-10 copy
     python bench/gpu.py --level 2 --no-compile-variant
 
 Where CUDA is not available it says so and exits 0: a CPU figure is never reported as a GPU one.
@@ -23,7 +23,7 @@ GPU_LEVELS = ("1", "2", "3", "4")
 def measure(level: str, compile_model: bool, extra: list[str], repeats: int) -> dict:
     from loop_overhead import build_trainer, timed_epoch_of_bare_loop, timed_epoch_of_ours
 
-    flags = ["--level", level, "--mixed-precision", "fp16", "--channels-last", *extra]
+    flags = ["--level", level, "--channels-last", *extra]  # precision: train.py's default or --mixed-precision
     if compile_model:
         flags.append("--compile")
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["--train-limit", "5120"]
     gpu = gpu_name()
     print(environment_header())
-    print(f"\nimages/s, median (min-max) of {args.repeats} interleaved rounds; fp16 autocast, "
-          "channels_last; peak = torch.cuda.max_memory_allocated\n")
+    from cifar10_levels.precision import default_precision
+    from cifar10_levels.recipes import get_recipe
+    print(f"\nimages/s, median (min-max) of {args.repeats} interleaved rounds; precision "
+          f"{default_precision(get_recipe('1'))} unless --mixed-precision is given, channels_last; "
+          "peak = torch.cuda.max_memory_allocated\n")
     print("| GPU | level | arch | size | batch | compile | bare img/s | ours img/s | ours / bare | "
           "peak GiB bare | peak GiB ours |")
     print("|---" * 11 + "|")

@@ -10,7 +10,8 @@ bare, ours...; the ratio is ours / bare per round (1.0 = no overhead).
     python bench/loop_overhead.py --arch test_resnet --img-size 32 --level 2
 
 Any train.py flag works (--batch-size, --mixed-precision, --channels-last, --compile ...). Defaults
-added here: --no-pretrained --report-to none --no-progress --train-limit 1024 --dataset ../shared/cifar10.
+added here: --no-pretrained --report-to none --no-progress --train-limit 1024. Give your local copy with
+--dataset DIR, as for train.py (without it, the Hugging Face Hub or its cache).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from measure import ROOT, CpuClock, Spread, environment_header, interleave, ratio
+from measure import CpuClock, Spread, environment_header, interleave, ratio
 
 from cifar10_levels.cli import recipe_from_args, train_parser
 from cifar10_levels.loop import RunOptions, build_optimizer, train_one_epoch
@@ -31,9 +32,7 @@ from cifar10_levels.models import set_train_mode
 from cifar10_levels.recipes import Phase
 from cifar10_levels.trainer import Trainer
 
-DEFAULT_DATASET = ROOT.parent / "shared" / "cifar10"
-BENCH_DEFAULTS = ["--no-pretrained", "--report-to", "none", "--no-progress", "--train-limit", "1024",
-                  "--dataset", str(DEFAULT_DATASET)]
+BENCH_DEFAULTS = ["--no-pretrained", "--report-to", "none", "--no-progress", "--train-limit", "1024"]
 
 
 def build_trainer(train_argv: list[str], output_dir: Path) -> Trainer:

@@ -14,11 +14,10 @@ import argparse
 import statistics
 import time
 
-from measure import ROOT, environment_header
+from measure import environment_header
 
 from cifar10_levels.recipes import IMAGENET_MEAN, IMAGENET_STD
 
-DEFAULT_DATASET = ROOT.parent / "shared" / "cifar10"
 
 
 def make_transform(jitter: bool):
@@ -54,7 +53,7 @@ def train_plain(seed: int, args) -> tuple[float, float]:
 
     start = time.perf_counter()
     torch.manual_seed(seed)
-    data = load_cifar10(str(args.dataset))
+    data = load_cifar10(args.dataset)
     images, labels = data.train.images, data.train.labels
     if args.full_train:
         images, labels = torch.cat([images, data.val.images]), torch.cat([labels, data.val.labels])
@@ -84,7 +83,8 @@ def train_plain(seed: int, args) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="CIFAR-10 in the uoft-cs layout")
+    p.add_argument("--dataset", metavar="DIR", help="local CIFAR-10 in the uoft-cs/cifar10 layout "
+                   "(default: the Hugging Face Hub or its cache, as train.py)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42])
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--epochs", type=int, default=3)

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from measure import ROOT, environment_header
 
-DEFAULT_DATASET = ROOT.parent / "shared" / "cifar10"
 
 
 @dataclass
@@ -40,10 +39,10 @@ class SeedResult:
     train_seconds: float
 
 
-def run_seed(seed: int, dataset: str, train_argv: list[str], output_dir: Path, log_dir: Path | None
+def run_seed(seed: int, dataset: str | None, train_argv: list[str], output_dir: Path, log_dir: Path | None
              ) -> SeedResult:
-    command = [sys.executable, str(ROOT / "train.py"), "--dataset", dataset, "--output-dir",
-               str(output_dir), "--seed", str(seed), "--report-to", "none", "--no-progress", *train_argv]
+    command = [sys.executable, str(ROOT / "train.py"), *(["--dataset", dataset] if dataset else []),
+               "--output-dir", str(output_dir), "--seed", str(seed), "--report-to", "none", "--no-progress", *train_argv]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -67,7 +66,8 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="other flags: train.py's")
-    p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="CIFAR-10 in the uoft-cs layout")
+    p.add_argument("--dataset", metavar="DIR", help="local CIFAR-10 in the uoft-cs/cifar10 layout "
+                   "(default: the Hugging Face Hub or its cache, as train.py)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42], help="one full run per seed")
     p.add_argument("--log-dir", type=Path, help="keep each run's train.py output here")
     p.add_argument("--keep-runs", type=Path, metavar="DIR",

@@ -5,56 +5,70 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from .arguments import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
 from .recipes import LEVELS, Recipe, get_recipe
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but bad flags are a one-line UserError (exit 2) like every other bad input."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Defaults shown where there is one; a flag whose default comes from the level says so itself."""
 
-    def error(self, message: str):
-        raise UserError(message)
-
-
-def positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text} must be > 0")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
+def levels_table() -> str:
+    """What each level sets, from recipes.LEVELS: the values a flag left out keeps."""
+    header = ("level", "arch", "px", "phases: epochs at lr", "batch", "optimizer", "wd", "smooth",
+              "tta", "pretrained", "augmentation")
+    rows = [header]
+    for name, r in LEVELS.items():
+        a = r.augment
+        phases = ", ".join(f"{p.name}{'+mix' if p.mix else ''} {p.epochs} at {p.lr:g}" for p in r.phases)
+        augment = [f"crop {a.crop_padding}" if a.crop_padding else "", "flip" if a.flip else "",
+                   f"jitter {a.color_jitter:g}" if a.color_jitter else "",
+                   f"randaug {a.randaugment_ops}x{a.randaugment_magnitude}" if a.randaugment_ops else "",
+                   f"erasing {a.random_erasing:g}" if a.random_erasing else "",
+                   f"mixup {a.mixup_alpha:g}" if a.mixup_alpha else "",
+                   f"cutmix {a.cutmix_alpha:g}" if a.cutmix_alpha else ""]
+        rows.append((name, r.arch, str(r.img_size), phases, str(r.batch_size), r.optimizer,
+                     f"{r.weight_decay:g}", f"{r.label_smoothing:g}", str(r.tta),
+                     "yes" if r.pretrained else "no", ", ".join(x for x in augment if x)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    return ("what each level sets (a flag given on the command line replaces that value; phase "
+            "'head' trains the classifier only, 'full' all layers, '+mix' with Mixup/CutMix):\n  "
+            + "\n  ".join(lines))
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="train.py", description="Train a CIFAR-10 level recipe (see RECIPES in README). "
-               "Every flag left out keeps the recipe's value.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="train.py", description="Train a CIFAR-10 level recipe. Every flag left out "
+               "keeps the level's value (table at the end).",
+               epilog=levels_table(), formatter_class=HelpFormatter)
     p.add_argument("--level", default="1", help=f"recipe: {', '.join(LEVELS)}")
-    r = p.add_argument_group("recipe overrides")
+    r = p.add_argument_group("recipe overrides", "default: from the level")
     r.add_argument("--arch", help="timm model name, e.g. resnet18, or cifar_speednet")
-    r.add_argument("--img-size", type=positive(int), help="training/eval resolution (px)")
+    r.add_argument("--img-size", type=positive(int), help="training/eval resolution (px), 16 to 1024")
     r.add_argument("--epochs", type=non_negative_int, nargs="+", metavar="E",
-                   help="epochs per phase (phase 1 head-only, phase 2 all); 0 skips a phase")
-    r.add_argument("--lr", type=positive(float), nargs="+", metavar="LR", help="lr per phase")
-    r.add_argument("--batch-size", type=positive(int), help="per device")
-    r.add_argument("--weight-decay", type=float)
-    r.add_argument("--label-smoothing", type=float)
+                   help="epochs per phase, one value per phase of the level; 0 skips a phase")
+    r.add_argument("--lr", type=positive(float), nargs="+", metavar="LR",
+                   help="peak learning rate per phase, one value per phase")
+    r.add_argument("--batch-size", type=positive(int),
+                   help="per device (even where Mixup/CutMix runs)")
+    r.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay, >= 0")
+    r.add_argument("--label-smoothing", type=float, metavar="S", help="0 to below 1")
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
-    a = p.add_argument_group("augmentation overrides (training policy; 0 turns a technique off)")
+    r.add_argument("--seed", type=non_negative_int, help="initial weights and augmentation (the "
+                   "validation split is fixed)")
+    r.add_argument("--no-pretrained", action="store_true",
+                   help="random initial weights instead of the level's pretrained ones")
+    r.add_argument("--pretrained-file", metavar="FILE",
+                   help="local .safetensors backbone weights instead of the Hub")
+    a = p.add_argument_group("augmentation overrides",
+                             "training policy; 0 turns a technique off; default: from the level")
     a.add_argument("--crop-padding", type=non_negative_int, metavar="PX", help="random crop padding")
     a.add_argument("--color-jitter", type=float, metavar="S",
                    help="brightness/contrast/saturation strength, 0 to 1")
@@ -63,34 +77,41 @@ def train_parser() -> argparse.ArgumentParser:
     a.add_argument("--random-erasing", type=float, metavar="P", help="probability, 0 to 1")
     a.add_argument("--mixup-alpha", type=float, metavar="A", help="Mixup alpha (phases that mix)")
     a.add_argument("--cutmix-alpha", type=float, metavar="A", help="CutMix alpha (phases that mix)")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--no-pretrained", action="store_true", help="random init")
-    r.add_argument("--pretrained-file", metavar="FILE",
-                   help="local .safetensors backbone weights instead of the Hub")
     d = p.add_argument_group("data and output")
-    d.add_argument("--dataset", metavar="PATH", help="local copy in the uoft-cs/cifar10 layout "
-                   "(default: the Hugging Face Hub)")
-    d.add_argument("--train-limit", type=positive(int), metavar="N", help="stratified training subset")
-    d.add_argument("--eval-limit", type=positive(int), metavar="N", help="stratified val/test subsets")
-    d.add_argument("--output-dir", default="ckpts", help="runs go to OUTPUT/L{level}-{arch}/")
-    d.add_argument("--resume", action="store_true", help="continue the run saved in the output dir")
+    d.add_argument("--dataset", metavar="DIR", help="local copy in the uoft-cs/cifar10 layout, made "
+                   "once with: hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR "
+                   "(default: the Hugging Face Hub or its cache)")
+    d.add_argument("--train-limit", type=positive(int), metavar="N",
+                   help="train on exactly N images, classes balanced (default: all 45,000)")
+    d.add_argument("--eval-limit", type=positive(int), metavar="N",
+                   help="exactly N images of val and of test, classes balanced (default: all)")
+    d.add_argument("--output-dir", default="ckpts", metavar="DIR",
+                   help="each run goes to DIR/RUN_NAME/ (see --run-name)")
+    d.add_argument("--resume", action="store_true", help="continue the run saved in its run directory")
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the run directory (never done without this flag)")
     h = p.add_argument_group("hardware and speed")
     h.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"),
-                   help="default: fp16 on CUDA, no on CPU (bf16 for --level fast where supported)")
+                   help="default: bf16 on GPUs of compute capability >= 8, else fp16 on CUDA; no on CPU "
+                   "(bf16 for --level fast where supported)")
     h.add_argument("--grad-accum", type=positive(int), default=1, help="gradient accumulation steps")
     h.add_argument("--lr-scaling", choices=("none", "linear"), default="none",
                    help="linear: lr x global batch / recipe batch")
     h.add_argument("--compile", action="store_true", help="torch.compile the model")
     h.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="default: on for CUDA")
+                   help="channels_last memory format; --no-channels-last turns it off (default: on "
+                   "for CUDA, and on a CPU for the levels where it measured faster)")
     h.add_argument("--max-nonfinite", type=positive(int), default=20,
                    help="stop after this many non-finite losses in a row")
-    h.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    h.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (for log files); epoch lines still print")
     t = p.add_argument_group("tracking")
-    t.add_argument("--report-to", choices=("wandb", "tensorboard", "all", "none"), default="wandb")
-    t.add_argument("--wandb-project", default="cifar10-levels")
-    t.add_argument("--wandb-entity")
-    t.add_argument("--run-name", help="default L{level}-{arch}-s{seed}")
+    t.add_argument("--report-to", choices=("wandb", "tensorboard", "all", "none"), default="wandb",
+                   help="experiment trackers; W&B runs offline without a login")
+    t.add_argument("--wandb-project", default="cifar10-levels", help="W&B project")
+    t.add_argument("--wandb-entity", help="W&B team or user (default: your W&B default)")
+    t.add_argument("--run-name", help="the run directory's name under --output-dir and the W&B run "
+                   "name (default: L{level}-{arch}-s{seed})")
     t.add_argument("--log-checkpoint", action="store_true", help="upload best checkpoint as a W&B artifact")
     t.add_argument("--push-to-hub", metavar="REPO_ID", help="at the end, export the best checkpoint "
                    "for timm (OUTPUT/.../hub_export) and upload it; token and network checked first")
@@ -140,56 +161,30 @@ def augment_from_args(augment, args: argparse.Namespace):
     return dataclasses.replace(augment, **changes)
 
 
-def check_recipe(recipe: Recipe) -> None:
-    """Fail before loading data: unknown arch, a size the model cannot take."""
-    from .augment import TTA_VIEWS
-    from .models import known_arch
-
-    if not known_arch(recipe.arch):
-        raise UserError(f"--arch {recipe.arch}: timm has no such model; see timm.list_models()")
-    if recipe.img_size < 16 or recipe.img_size > 1024:
-        raise UserError(f"--img-size {recipe.img_size}: use 16 to 1024 px")
-    if recipe.tta > len(TTA_VIEWS):
-        raise UserError(f"--tta {recipe.tta}: choose 0 to {len(TTA_VIEWS)} views")
-
-
-def check_img_size(recipe: Recipe) -> None:
-    """A dry forward pass at the recipe's size: a clear error instead of a shape crash later."""
-    import torch
-
-    from .models import create_model
-
-    model = create_model(recipe.arch, num_classes=10).eval()
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, recipe.img_size, recipe.img_size))
-    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert on the input size
-        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
-        raise UserError(f"--img-size {recipe.img_size}: {recipe.arch} cannot take this size "
-                        f"({reason}); try a multiple of 32") from None
-
-
 @exits_cleanly_on_user_error
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
-    check_recipe(recipe)
-    check_img_size(recipe)
-    if args.push_to_hub:
-        from .export import check_push_ready
-        hub_token = check_push_ready(args.push_to_hub)
     from .loop import RunOptions
-    from .trainer import Trainer
 
     opts = RunOptions(
         output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,
         eval_limit=args.eval_limit, pretrained_file=args.pretrained_file, resume=args.resume,
+        overwrite=args.overwrite,
         mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
         lr_scaling=args.lr_scaling, compile=args.compile, channels_last=args.channels_last,
         max_nonfinite=args.max_nonfinite, report_to=args.report_to,
         wandb_project=args.wandb_project, wandb_entity=args.wandb_entity, run_name=args.run_name,
         log_checkpoint=args.log_checkpoint, progress=not args.no_progress)
+    from .preflight import preflight
+
+    preflight(recipe, opts)
+    if args.push_to_hub:
+        from .export import check_push_ready
+        hub_token = check_push_ready(args.push_to_hub)
     from .loop import Stopped
+    from .trainer import Trainer
+
     try:
         trainer = Trainer(recipe, opts)
         trainer.fit()

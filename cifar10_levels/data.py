@@ -11,13 +11,22 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .hub import go_offline, hub_reachable
+from .hub import go_offline, hub_reachable, unavailable_reason
 
 HUB_ID = "uoft-cs/cifar10"
 NUM_CLASSES = 10
 VAL_FRACTION = 0.1          # 500 of each class's 5,000 train images
 SPLIT_SEED = 42
-CACHE_DIR = Path(os.environ.get("CIFAR10_LEVELS_CACHE", Path.home() / ".cache" / "cifar10_levels"))
+CACHE_ENV = "CIFAR10_LEVELS_CACHE"
+GET_LOCAL_COPY = (f"make a local copy once where the Hub is reachable: hf download {HUB_ID} "
+                  "--repo-type dataset --local-dir DIR, then pass --dataset DIR")
+# The original python release (pickled batches), which this loader never unpickles.
+PYTHON_FORMAT_FILES = ("data_batch_1", "test_batch", "batches.meta")
+
+
+def cache_dir() -> Path:
+    """Where decoded tensors are kept; read at call time so the variable can change in-process."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "cifar10_levels"))
 
 
 @dataclass
@@ -57,11 +66,21 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED
 
 
 def stratified_subset(labels: np.ndarray, limit: int, seed: int = SPLIT_SEED) -> np.ndarray:
-    """Sorted indices of about `limit` samples with the class balance of `labels`."""
+    """Sorted indices of exactly `limit` samples (all if fewer), each class's share as even as the
+    class sizes allow: largest remainders of the proportional shares, ties to the lower class."""
     if limit >= len(labels):
         return np.arange(len(labels))
-    _, held = stratified_split(labels, limit / len(labels), seed)
-    return held
+    classes, counts = np.unique(labels, return_counts=True)
+    shares = counts * limit / len(labels)
+    take = np.floor(shares).astype(int)
+    order = np.argsort(-(shares - take), kind="stable")
+    take[order[: limit - take.sum()]] += 1
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for cls, n in zip(classes, take):
+        members = np.flatnonzero(labels == cls)
+        chosen.append(members[rng.permutation(len(members))[:n]])
+    return np.sort(np.concatenate(chosen))
 
 
 def _decode(split, name: str, where: str) -> ImageSet:
@@ -95,14 +114,16 @@ def _load_dataset_dict(source: str | None):
 
     datasets.disable_progress_bars()
     if source is None:
-        if not hub_reachable():
+        reachable = hub_reachable()
+        why_not = None if reachable else unavailable_reason()  # before go_offline sets the variables
+        if not reachable:
             go_offline()  # a cached copy still loads; otherwise fail now, not after retries
         try:
             return datasets.load_dataset(HUB_ID), HUB_ID
         except Exception as err:
-            raise UserError(f"cannot load {HUB_ID} from the Hugging Face Hub ({type(err).__name__}); "
-                            "pass --dataset PATH to a local copy, or set HF_DATASETS_OFFLINE=1 "
-                            "with a cached copy") from None
+            reason = (f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if reachable
+                      else f"not in the local cache, and {why_not}")
+            raise UserError(f"--dataset: cannot load {HUB_ID} ({reason}); {GET_LOCAL_COPY}") from None
     path = Path(source)
     if not path.exists():
         raise UserError(f"--dataset {source}: no such file or directory")
@@ -114,9 +135,66 @@ def _load_dataset_dict(source: str | None):
                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
 
 
+def hub_copy_cached() -> bool:
+    """A copy of uoft-cs/cifar10 in the Hugging Face caches, which `load_dataset` reads offline."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    snapshots = Path(huggingface_hub.constants.HF_HUB_CACHE) / \
+        f"datasets--{HUB_ID.replace('/', '--')}" / "snapshots"
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / HUB_ID.replace("/", "___")
+    return any(snapshots.glob("*/*")) or prepared.is_dir()
+
+
+def dataset_problem(source: str | None, hub_up: bool) -> str | None:
+    """Why `--dataset source` cannot be loaded, found without reading any image; None when it can."""
+    if source is None:
+        if hub_up or hub_copy_cached():
+            return None
+        return (f"--dataset: none given, {HUB_ID} is not in the Hugging Face cache and "
+                f"{unavailable_reason()}; {GET_LOCAL_COPY}")
+    path = Path(source)
+    python_format = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    if not path.exists():
+        return f"--dataset {source}: no such file or directory; {GET_LOCAL_COPY}"
+    if path.is_file() and path.suffix in (".parquet", ".arrow"):
+        return (f"--dataset {source}: a single split file; CIFAR-10 needs its train and test splits, "
+                f"so pass the directory that holds both split files (e.g. --dataset {path.parent})")
+    if path.name.startswith("cifar-10-python") or any(
+            (python_format / name).exists() for name in PYTHON_FORMAT_FILES):
+        return (f"--dataset {source}: this is the original CIFAR-10 python release (pickled batches, "
+                f"which are never unpickled here); {GET_LOCAL_COPY}")
+    if path.is_file():
+        return f"--dataset {source}: a file; pass a directory in the {HUB_ID} layout ({GET_LOCAL_COPY})"
+    return _layout_problem(path, source)
+
+
+def _layout_problem(path: Path, source: str) -> str | None:
+    """The split files `datasets.load_dataset(path)` would read, resolved without loading them."""
+    from datasets.data_files import DataFilesDict
+    from datasets.load import dataset_module_factory
+
+    try:
+        module = dataset_module_factory(str(path))
+        configs = module.builder_configs_parameters.builder_configs
+        patterns = configs[0].data_files if configs else module.builder_kwargs.get("data_files")
+        splits = {str(k): len(v) for k, v in DataFilesDict.from_patterns(
+            patterns, base_path=str(path)).items()} if patterns else {}
+    except Exception as err:
+        return (f"--dataset {source}: no dataset files found in the {HUB_ID} layout "
+                f"({str(err).splitlines()[0][:120]}); {GET_LOCAL_COPY}")
+    missing = [name for name in ("train", "test") if not splits.get(name)]
+    if missing:
+        names = "' or '".join(missing)
+        return (f"--dataset {source}: no '{names}' split files (found "
+                f"{sorted(splits) or 'none'}); expected train-*.parquet and test-*.parquet as in "
+                f"{HUB_ID}; {GET_LOCAL_COPY}")
+    return None
+
+
 def _cache_path(dd) -> Path:
     key = "-".join(dd[s]._fingerprint for s in sorted(dd))
-    return CACHE_DIR / f"decoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    return cache_dir() / f"decoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
 def _decoded_splits(dd, where: str) -> dict[str, ImageSet]:

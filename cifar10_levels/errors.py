@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Callable
 
@@ -16,6 +17,8 @@ def exits_cleanly_on_user_error(main: Callable[..., int | None]) -> Callable[...
         try:
             return main(*args, **kwargs) or 0
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            # every process of a launch meets the same bad input: one line per machine, not per process
+            if os.environ.get("LOCAL_RANK", "0") == "0":
+                print(f"error: {err}", file=sys.stderr)
             return 2
     return wrapper

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import Parser, non_negative_int, positive
+from .arguments import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
 
 

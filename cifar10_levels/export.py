@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from .cli import Parser
+from .arguments import Parser
 from .errors import UserError, exits_cleanly_on_user_error
 from .files import UMASK
 from .weights import BEST_NAME, EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY

@@ -12,6 +12,13 @@ def hub_offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def unavailable_reason() -> str:
+    """Why the Hub is not used, for messages that must not blame a network never contacted."""
+    if hub_offline():
+        return "offline mode is set (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), so the Hub is not contacted"
+    return "huggingface.co cannot be reached"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connect instead of the libraries' 20-50 s of retries."""
     if hub_offline():

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-    from .checkpoint import CheckpointMeta
+    from .checkpoint_meta import CheckpointMeta
     from .data import ImageSet
     from .loop import EvalResult
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 import signal
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -16,7 +18,6 @@ from .recipes import Phase, Recipe
 
 LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
 STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
-SLOW_RUN_SECONDS = 2 * 3600
 
 
 class Diverged(UserError):
@@ -37,7 +38,8 @@ class RunOptions:
     eval_limit: int | None = None
     pretrained_file: str | None = None
     resume: bool = False
-    mixed_precision: str | None = None     # None: fp16 on CUDA, bf16/no on CPU as the recipe says
+    overwrite: bool = False                # replace the run already in the run directory
+    mixed_precision: str | None = None     # None: precision.default_precision
     grad_accum: int = 1
     lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)
     compile: bool = False
@@ -119,13 +121,15 @@ def dominant_label(targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: int = 1) -> EvalResult:
+def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: int = 1,
+             autocast: Callable[[], AbstractContextManager] = nullcontext) -> EvalResult:
     """Mean softmax over `tta` views; every sample counted exactly once across processes."""
     model.eval()
     probs, labels, plain_logits = [], [], []
     for images, target in loader:
         views = tta_views(images, max(tta, 1))
-        logits = [model(normalize(v)).float() for v in views]
+        with autocast():
+            logits = [model(normalize(v)).float() for v in views]
         mean = torch.stack([lg.softmax(1) for lg in logits]).mean(0)
         p, lg, t = accelerator.gather_for_metrics((mean, logits[0], target))
         probs.append(p.cpu()), plain_logits.append(lg.cpu()), labels.append(t.cpu())
@@ -133,15 +137,6 @@ def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: 
     loss = nn.functional.cross_entropy(plain_t, labels_t).item()
     return EvalResult(loss=loss, acc=(probs_t.argmax(1) == labels_t).float().mean().item(),
                       probs=probs_t, labels=labels_t, plain_probs=plain_t.softmax(1))
-
-
-def default_precision(recipe: Recipe) -> str:
-    if torch.cuda.is_available():
-        return "fp16"
-    # Without AMX tiles oneDNN's bf16 kernels run slower than fp32 (bench/cpu_precision.py: 0.69x for
-    # a cifar_speednet step on an AVX512-BF16 Xeon), so bf16 only pays where AMX is present.
-    bf16_fast = torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
-    return "bf16" if recipe.optimizer == "fast" and bf16_fast else "no"
 
 
 def format_duration(seconds: float) -> str:
@@ -199,13 +194,15 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
     seen = 0
     start = time.perf_counter()
     state = run.state
-    scaled = acc_.scaler is not None
+    amp = run.amp
+    scaled = amp.scaler is not None
     streak = torch.tensor(float(state.nonfinite), device=device)  # non-finite losses in a row
     bar = run.progress_bar(len(loader) + skip, initial=skip, desc=f"{phase.name} ep {state.epoch + 1}")
     for i, (images, labels) in enumerate(loader, start=skip):
         with acc_.accumulate(model):
             x, targets = run.augment(images, labels, mixing)
-            logits = model(x)
+            with amp.autocast():
+                logits = model(x)
             loss = loss_fn(logits.float(), targets)
             streak = (streak + 1) * torch.isfinite(loss.detach()).logical_not()
             # fp16's GradScaler skips non-finite steps by itself, so only the other precisions
@@ -213,6 +210,9 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
             if scaled or not nonfinite_on_any_process(acc_, loss):
                 acc_.backward(loss)
                 optimizer.step()
+            # a skipped step still advances the schedule, which follows the batch count and ends with
+            # the phase; after a scaler skip Accelerate holds it back only for optimizers without
+            # fused scaling (the fast recipe's Muon/SGD): fused AdamW skips inside its kernel
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         n = labels.shape[0]

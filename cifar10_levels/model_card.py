@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .checkpoint import CheckpointMeta
+from .checkpoint_meta import CheckpointMeta
 
 DATASET_ID = "uoft-cs/cifar10"
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint_meta import FORMAT, check_fits, parse_meta, read_header
 from .errors import UserError
-from .hub import go_offline, hub_reachable
+from .hub import go_offline, hub_reachable, unavailable_reason
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 
@@ -27,14 +28,30 @@ def known_arch(arch: str) -> bool:
     return timm.is_model(arch)
 
 
+def check_arch(arch: str, flag: str, path: str | Path | None = None) -> None:
+    """The one unknown-arch error, whether the arch came from a flag or from a file's metadata."""
+    if not known_arch(arch):
+        where = f"{flag} {path}: arch" if path is not None else flag
+        raise UserError(f"{where} {arch!r} is unknown to timm and to this package; see "
+                        "timm.list_models(), or upgrade timm")
+
+
+def check_pretrained_file(path: str | Path, arch: str, num_classes: int,
+                          flag: str = "--pretrained-file") -> None:
+    """Plain timm weights pass as they are; one of our checkpoints must also fit the run."""
+    header = read_header(path, flag)
+    if header.get("format") == FORMAT:
+        meta = parse_meta(header, Path(path), flag)
+        check_arch(meta.arch, flag, path)
+        check_fits(meta, path, flag, arch, num_classes)
+
+
 def create_model(arch: str, num_classes: int, pretrained: bool = False,
                  pretrained_file: str | None = None) -> nn.Module:
     import timm
 
-    if not known_arch(arch):
-        raise UserError(f"--arch {arch}: timm has no such model; see timm.list_models()")
+    check_arch(arch, "--arch")
     if pretrained_file:
-        from .checkpoint import check_pretrained_file
         refuse_pickle(pretrained_file, "--pretrained-file")
         check_pretrained_file(pretrained_file, arch, num_classes)
         try:
@@ -53,6 +70,34 @@ def create_model(arch: str, num_classes: int, pretrained: bool = False,
         raise UserError(f"cannot get pretrained weights for {arch} ({type(err).__name__}); pass "
                         "--no-pretrained, or --pretrained-file FILE.safetensors with local weights"
                         ) from None
+
+
+def pretrained_weights_problem(arch: str, hub_up: bool) -> str | None:
+    """Why timm could not get `arch`'s pretrained weights now (no Hub, not cached); None if it can."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+    from timm.models._hub import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        return f"--arch {arch}: timm has no pretrained weights for it; pass --no-pretrained"
+    if hub_up:
+        return None
+    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
+    if cfg.hf_hub_id and any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, name), str)
+                             for name in names):
+        return None
+    if cfg.url and (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).exists():
+        return None
+    if cfg.hf_hub_id:
+        fetch = f"hf download {cfg.hf_hub_id} {names[0]} --local-dir DIR"
+        local = f"DIR/{names[0]}"
+    else:
+        fetch, local = f"download {cfg.url} to DIR", f"DIR/{Path(cfg.url).name}"
+    return (f"--pretrained-file: the pretrained weights for {arch} are not cached and "
+            f"{unavailable_reason()}; "
+            f"fetch them once where the Hub is reachable ({fetch}), then pass --pretrained-file "
+            f"{local}, or train from scratch with --no-pretrained")
 
 
 def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -81,9 +126,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict without DDP's `module.` or torch.compile's `_orig_mod.` prefixes."""
-    return clean_state_dict(model.state_dict())
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Clean (unprefixed) full weights into the model, whether plain, compiled, DDP- or FSDP-wrapped."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import Parser, non_negative_int, positive
+from .arguments import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
 from .files import atomic_path, write_json
 

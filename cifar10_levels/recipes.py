@@ -8,6 +8,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# Image sizes train.py, ensemble.py and checkpoint metadata accept. 16: below it timm's downsampling
+# stages run out of pixels, and train.py never writes a smaller checkpoint; 1024: 32x the images.
+MIN_IMG_SIZE, MAX_IMG_SIZE = 16, 1024
 
 
 @dataclass(frozen=True)

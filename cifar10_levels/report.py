@@ -8,7 +8,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arguments import Parser
 from .errors import UserError, exits_cleanly_on_user_error
+from .files import write_text
+from .recipes import LEVELS
 
 COLUMNS = ["Level", "Technique", "Model", "Test acc", "Target", "Status", "Run"]
 LEVEL_ORDER = ["1", "2", "3", "4", "fast"]
@@ -51,8 +54,6 @@ def _training_run(data: dict, run: str) -> RunResult:
 
 def _ensemble(data: dict, run: str) -> RunResult:
     """ensemble.py's output: the vote chosen on validation, judged by level 4's target."""
-    from .recipes import LEVELS
-
     best = data["best_vote"]
     return RunResult(run=run, level="4", title=f"ensemble, {best} vote",
                      arch=" + ".join(m["arch"] for m in data["members"]),
@@ -94,8 +95,6 @@ def results_table(results: list[RunResult]) -> str:
 
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
-    from .cli import Parser
-
     parser = Parser(prog="python -m cifar10_levels.report",
                     description="Markdown summary of every run (results.json) under a directory.")
     parser.add_argument("root", type=Path, help="directory of runs, e.g. ckpts/")
@@ -108,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.root}: no results.json found; finished runs write one")
     table = results_table(results)
     if args.output:
-        from .files import write_text
         write_text(args.output, table)
     print(table, end="")
     return 0

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,32 +19,19 @@ from .checkpoint import CheckpointMeta, save_checkpoint
 from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
 from .files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
+from .hardware import hardware_name
 from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
-                   build_scheduler, default_precision, evaluate, format_duration, scaled_lr,
-                   train_one_epoch)
+                   build_scheduler, evaluate, format_duration, scaled_lr, train_one_epoch)
 from .metrics import per_class_accuracy
-from .models import (clean_state_dict, count_parameters, create_model, set_backbone_trainable,
-                     set_train_mode)
+from .models import (clean_state_dict, count_parameters, create_model, load_full_state_dict,
+                     set_backbone_trainable, set_train_mode)
+from .precision import Amp, default_precision
 from .recipes import Phase, Recipe
+from .rundir import STATE_DIR, clear_run_dir, find_state_dir, replace_dir, run_dir
 from .tracking import write_history
 
-STATE_DIR = "state"
-
-
 def run_dir_for(recipe: Recipe, opts: RunOptions) -> Path:
-    return Path(opts.output_dir) / f"L{recipe.level}-{recipe.arch}"
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Swap a finished directory into place; a kill leaves `target` or `target.old` intact."""
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        if old.exists():  # stale: only deleted while `target` is a complete copy
-            shutil.rmtree(old)
-        target.rename(old)
-    new.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
+    return run_dir(opts.output_dir, recipe, opts.run_name)
 
 
 def check_one_process_group(accelerator) -> None:
@@ -55,11 +43,13 @@ def check_one_process_group(accelerator) -> None:
                         "accelerate launch --multi_gpu ... (see docs/distributed.md)")
 
 
-def find_state_dir(run_dir: Path) -> Path | None:
-    for candidate in (run_dir / STATE_DIR, run_dir / (STATE_DIR + ".old")):
-        if (candidate / "train_state.json").exists():
-            return candidate
-    return None
+def check_fsdp_formed(accelerator) -> None:
+    """Accelerate 1.15 turns an FSDP launch on CPUs into plain DDP (MULTI_CPU) without a word."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
+            and accelerator.distributed_type.name != "FSDP":
+        raise UserError(f"the launch asks for FSDP but Accelerate formed {accelerator.distributed_type.name}"
+                        " (it runs FSDP on GPUs only, not on a CPU); on a CPU launch with "
+                        "accelerate_configs/cpu_2proc.yaml instead (see docs/distributed.md)")
 
 
 class Trainer:
@@ -80,14 +70,18 @@ class Trainer:
                 non_blocking=torch.cuda.is_available()),
             log_with=tracker_names(opts.report_to) or None, project_dir=str(self.run_dir))
         acc = self.accelerator
+        self.amp = Amp.for_accelerator(acc, precision)
         check_one_process_group(acc)
-        if acc.is_main_process:
+        check_fsdp_formed(acc)
+        if acc.is_local_main_process:  # every machine writes its own copy unless the disk is shared
             check_writable_dir(self.run_dir)  # created in fit(): bad input leaves nothing behind
         acc.wait_for_everyone()
         self.state_dir = find_state_dir(self.run_dir)
-        if opts.resume and self.state_dir is None:
-            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state); "
+        if opts.resume and not self.on_every_process(self.state_dir is not None):
+            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state"
+                            f"{'' if self.state_dir is None else ' on another machine'}); "
                             "start without --resume")
+        self.writes_files = acc.is_main_process  # set per machine in fit(), once the disk is known
 
         self.data: CIFAR10 = load_cifar10(opts.dataset, opts.train_limit, opts.eval_limit)
         self.global_batch = recipe.batch_size * acc.num_processes * opts.grad_accum
@@ -128,9 +122,52 @@ class Trainer:
         from .tracking import RunLog
         self.log = RunLog(self)
 
+    def on_every_process(self, condition: bool) -> bool:
+        flag = torch.tensor([float(condition)], device=self.accelerator.device)
+        return bool(self.accelerator.gather(flag).min().item())
+
+    def output_dir_is_shared(self) -> bool:
+        """Whether every process sees the global main's run dir: it leaves a token there, all look."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        name = [f".shared-{uuid.uuid4().hex}.tmp" if acc.is_main_process else None]
+        if acc.num_processes > 1:
+            broadcast_object_list(name)
+        token = self.run_dir / name[0]
+        if acc.is_main_process:
+            token.touch()
+        acc.wait_for_everyone()
+        shared = self.on_every_process(token.exists())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            token.unlink()
+        return shared
+
+    def prepare_output_dir(self) -> None:
+        """Shared disk: the global main writes. Machine-local disks: each machine's main keeps a copy
+        of best.safetensors and state/, which load_best and --resume read on that machine."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.make_run_dir()
+        acc.wait_for_everyone()
+        shared = self.output_dir_is_shared()
+        self.writes_files = acc.is_main_process or (acc.is_local_main_process and not shared)
+        acc.project_configuration.save_on_each_node = not shared  # Accelerate's save_state likewise
+        if self.writes_files and not acc.is_main_process:
+            self.make_run_dir()
+        acc.wait_for_everyone()
+
+    def make_run_dir(self) -> None:
+        """--overwrite removes the earlier run only now, after every check has passed."""
+        if self.opts.overwrite:
+            clear_run_dir(self.run_dir)
+        remove_stale_temporaries(ensure_writable_dir(self.run_dir))
+
     # ---- printing -------------------------------------------------------------------------
     def print(self, *args) -> None:
-        self.accelerator.print(*args, flush=True)
+        if self.accelerator.is_main_process:  # accelerator.print prints once per machine
+            print(*args, flush=True)
 
     def progress_bar(self, total: int, initial: int, desc: str):
         if not (self.opts.progress and self.accelerator.is_local_main_process):
@@ -152,10 +189,7 @@ class Trainer:
                        "--arch resnet18 --img-size 32 --no-pretrained --epochs 0 3")
 
     def device_name(self) -> str:
-        device = self.accelerator.device
-        if device.type == "cuda":
-            return f"{self.accelerator.num_processes} x {torch.cuda.get_device_name(device)}"
-        return f"{self.accelerator.num_processes} CPU process(es), {torch.get_num_threads()} threads each"
+        return hardware_name(self.accelerator)
 
     def log_step(self, loss: float, lr: float, images_per_s: float) -> None:
         self.log.step({"train/step_loss": loss, "train/lr": lr, "train/images_per_s": images_per_s},
@@ -176,12 +210,12 @@ class Trainer:
     def save_state(self) -> None:
         acc = self.accelerator
         tmp = self.run_dir / (STATE_DIR + ".tmp")
-        if acc.is_main_process and tmp.exists():
+        if self.writes_files and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
-        if acc.is_main_process:
+        if self.writes_files:
             write_json(tmp / "train_state.json", asdict(self.state))
             replace_dir(tmp, self.run_dir / STATE_DIR)
         acc.wait_for_everyone()
@@ -209,7 +243,7 @@ class Trainer:
     def save_checkpoint(self, name: str, meta: CheckpointMeta) -> None:
         """Called on every process: under FSDP get_state_dict gathers the full weights."""
         state = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
+        if self.writes_files:
             save_checkpoint(self.run_dir / f"{name}.safetensors", clean_state_dict(state), meta)
 
     # ---- the run --------------------------------------------------------------------------
@@ -230,14 +264,12 @@ class Trainer:
     def fit(self) -> dict:
         acc, recipe = self.accelerator, self.recipe
         self.print(f"recipe: {json.dumps(recipe.to_dict())}")
-        self.print(f"hardware: {self.device_name()}, precision {acc.mixed_precision}; "
+        self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {acc.num_processes} process(es) x "
                    f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
-        if acc.is_main_process:
-            remove_stale_temporaries(ensure_writable_dir(self.run_dir))
-        acc.wait_for_everyone()
+        self.prepare_output_dir()
         resuming = self.opts.resume
         if resuming:
             self.load_state()
@@ -277,7 +309,7 @@ class Trainer:
                 from accelerate import skip_first_batches
                 loader = skip_first_batches(loader, state.step)
             stats = train_one_epoch(self, phase, loader, state.step)
-            val = evaluate(acc, self.model, self.prepared_val, self.normalize)
+            val = evaluate(acc, self.model, self.prepared_val, self.normalize, autocast=self.amp.autocast)
             state.train_seconds = time.perf_counter() - started
             state.epochs_done += 1
             improved = val.acc > state.best_val_acc
@@ -308,9 +340,8 @@ class Trainer:
     def load_best(self) -> None:
         from safetensors.torch import load_file
         best = self.run_dir / "best.safetensors"
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        acc.unwrap_model(self.model).load_state_dict(load_file(str(best)))
+        self.accelerator.wait_for_everyone()
+        load_full_state_dict(self.base_model, load_file(str(best)))
 
     def finish(self, seconds: float) -> dict:
         acc, recipe, state = self.accelerator, self.recipe, self.state
@@ -320,7 +351,8 @@ class Trainer:
         if self.prepared_val is None:
             self.prepared_val = acc.prepare(self.val_loader)
         test_loader = acc.prepare_data_loader(self.test_loader)
-        views = evaluate(acc, self.model, test_loader, self.normalize, max(recipe.tta, 1))
+        views = evaluate(acc, self.model, test_loader, self.normalize, max(recipe.tta, 1),
+                         autocast=self.amp.autocast)
         test, tta = views.plain(), (views if recipe.tta > 1 else None)
         per_class = per_class_accuracy(test.preds, test.labels, len(self.data.class_names))
         history = state.history
@@ -332,7 +364,7 @@ class Trainer:
             "per_class_acc": dict(zip(self.data.class_names, per_class)),
             "num_params": self.num_params, "train_seconds": seconds,
             "images_per_s": sum(h["images_per_s"] for h in history) / max(len(history), 1),
-            "hardware": self.device_name(), "precision": acc.mixed_precision,
+            "hardware": self.device_name(), "precision": self.amp.name,
             "num_processes": acc.num_processes, "global_batch": self.global_batch,
             "dataset": self.data.source, "split_sizes": {"train": len(self.data.train),
                                                          "val": len(self.data.val),

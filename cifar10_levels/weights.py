@@ -10,7 +10,7 @@ from .errors import UserError
 if TYPE_CHECKING:  # torch and timm load after argument parsing, so --help stays instant
     from torch import nn
 
-    from .checkpoint import CheckpointMeta
+    from .checkpoint_meta import CheckpointMeta
 
 BEST_NAME = "best.safetensors"
 EXPORT_WEIGHTS = "model.safetensors"     # timm's Hub layout: config.json beside it
@@ -55,7 +55,7 @@ def read_export_config(directory: Path, flag: str = "--weights") -> dict:
 
 def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
     """Our metadata from an export's config.json; what timm uses (size, mean, std) wins."""
-    from .checkpoint import CheckpointMeta
+    from .checkpoint_meta import CheckpointMeta
 
     config = read_export_config(directory, flag)
     cfg = config["pretrained_cfg"]
@@ -81,10 +81,11 @@ def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
 
 def read_weights_meta(path: Path, flag: str = "--weights") -> CheckpointMeta:
     """The metadata alone, checked, before any model is built."""
-    from .checkpoint import check_fits, read_meta
+    from .checkpoint_meta import read_meta
+    from .models import check_arch
 
     meta = export_meta(path, flag) if path.is_dir() else read_meta(path, flag)
-    check_fits(meta, path, flag)
+    check_arch(meta.arch, flag, path)
     return meta
 
 
@@ -93,7 +94,7 @@ def load_export(directory: Path, flag: str = "--weights") -> tuple[nn.Module, Ch
     import timm
 
     from . import speednet  # noqa: F401  registers cifar_speednet with timm
-    from .checkpoint import check_safetensors_file
+    from .checkpoint_meta import check_safetensors_file
 
     meta = read_weights_meta(directory, flag)
     check_safetensors_file(directory / EXPORT_WEIGHTS, flag)  # timm would fall back to pickles

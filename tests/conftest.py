@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny learnable CIFAR-10 look-alike in the Hub layout, and a way to run the CLIs."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,14 @@ CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [0, 0, 128]])
 
+# Caches that default to ~ (datasets' Arrow files, W&B, matplotlib, ours) go to a temporary home, for
+# this process and every command the tests start: the suite writes nothing outside temporary dirs.
+TEST_HOME = Path(tempfile.mkdtemp(prefix="cifar10-levels-tests-home-"))
+atexit.register(shutil.rmtree, TEST_HOME, ignore_errors=True)
+os.environ["HOME"] = str(TEST_HOME)
+for variable in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE", "XDG_CACHE_HOME", "MPLCONFIGDIR",
+                 "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+    os.environ.pop(variable, None)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -17,7 +17,7 @@ import torch
 from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from cifar10_levels.cli import train_main
 from cifar10_levels.errors import UserError
-from cifar10_levels.models import create_model, unwrapped_state_dict
+from cifar10_levels.models import create_model
 
 from conftest import CLASS_NAMES, ROOT, make_images, run_cli, write_split
 
@@ -50,21 +50,25 @@ def make_corpus(root: Path) -> None:
 
     model = create_model("test_resnet", 10)
     good = root / "good.safetensors"
-    save_checkpoint(good, unwrapped_state_dict(model), checkpoint_meta())
+    save_checkpoint(good, model.state_dict(), checkpoint_meta())
     data = good.read_bytes()
     (root / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (root / "zero_bytes.safetensors").write_bytes(b"")
     (root / "text.safetensors").write_text("these are not the weights you are looking for\n" * 4)
     (root / "huge_header.safetensors").write_bytes(struct.pack("<Q", 2 ** 40) + b'{"a": 1}' * 8)
     save_checkpoint(root / "hundred_classes.safetensors",
-                    unwrapped_state_dict(create_model("test_resnet", 100)), checkpoint_meta(num_classes=100))
-    save_checkpoint(root / "unknown_arch.safetensors", unwrapped_state_dict(model),
+                    create_model("test_resnet", 100).state_dict(), checkpoint_meta(num_classes=100))
+    save_checkpoint(root / "unknown_arch.safetensors", model.state_dict(),
                     checkpoint_meta(arch="no_such_net"))
-    save_checkpoint(root / "classes_not_matching_weights.safetensors", unwrapped_state_dict(model),
+    save_checkpoint(root / "classes_not_matching_weights.safetensors", model.state_dict(),
                     checkpoint_meta(num_classes=100))
     torch.save(model.state_dict(), root / "pickle.pt")
     torch.save(model.state_dict(), root / "pickle_named.safetensors")
     (root / "a_file").write_text("I am a file, not a directory\n")
+    python_format = root / "cifar-10-batches-py"  # the original release's names; never unpickled
+    python_format.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "test_batch", "batches.meta"):
+        (python_format / name).write_bytes(b"not read")
 
 
 @pytest.fixture(scope="session")
@@ -86,20 +90,28 @@ class Case:
 BAD = "bad_inputs/"
 CASES = [
     Case("unknown level", ("--level", "9"), "--level 9"),
-    Case("unknown arch", ("--arch", "no_such_net"), "--arch no_such_net"),
+    Case("unknown arch", ("--arch", "no_such_net"), "--arch 'no_such_net' is unknown"),
     Case("negative epochs", ("--epochs", "-1", "2"), "--epochs"),
     Case("zero epochs", ("--epochs", "0", "0"), "--epochs"),
     Case("epochs for the wrong number of phases", ("--epochs", "3"), "--epochs"),
     Case("zero lr", ("--lr", "0", "1e-3"), "--lr"),
     Case("negative lr", ("--lr", "-0.001", "1e-3"), "--lr"),
+    Case("negative lr in exponent notation", ("--lr", "-1e-3", "1e-4"), "--lr"),
+    Case("negative seed", ("--seed", "-1"), "--seed"),
     Case("zero batch size", ("--batch-size", "0"), "--batch-size"),
     Case("negative batch size", ("--batch-size", "-8"), "--batch-size"),
+    Case("odd batch with Mixup/CutMix", ("--level", "2", "--batch-size", "33"), "--batch-size 33"),
+    Case("batch larger than the training subset", ("--train-limit", "16"), "--batch-size 32"),
     Case("img-size a ViT rejects", ("--arch", "test_vit", "--img-size", "40"), "--img-size 40"),
     Case("img-size a ConvNeXt rejects", ("--arch", "test_convnext", "--img-size", "24"), "--img-size 24"),
     Case("img-size too small", ("--img-size", "8"), "--img-size 8"),
     Case("colour jitter above 1", ("--color-jitter", "1.5"), "--color-jitter 1.5"),
     Case("negative Mixup alpha", ("--mixup-alpha", "-1"), "--mixup-alpha -1"),
     Case("dataset path missing", ("--dataset", "no/such/dir"), "--dataset no/such/dir"),
+    Case("dataset is one parquet file", ("--dataset", "tiny/plain_text/train-00000-of-00001.parquet"),
+         "--dataset tiny/plain_text/train-00000-of-00001.parquet"),
+    Case("dataset in the CIFAR-10 python format", ("--dataset", BAD + "cifar-10-batches-py"),
+         "--dataset " + BAD + "cifar-10-batches-py"),
     Case("dataset without a test split", ("--dataset", BAD + "only_train"), BAD + "only_train"),
     Case("dataset without the img column", ("--dataset", BAD + "wrong_column"), BAD + "wrong_column"),
     Case("labels out of range", ("--dataset", BAD + "label_out_of_range"), BAD + "label_out_of_range"),
@@ -125,6 +137,8 @@ CASES = [
          BAD + "pickle_named.safetensors"),
     Case("output directory is a file", ("--output-dir", BAD + "a_file"), "--output-dir"),
     Case("--resume with nothing to resume", ("--resume",), "--resume"),
+    Case("--resume with --overwrite", ("--resume", "--overwrite"), "--resume and --overwrite"),
+    Case("run name that is a path", ("--run-name", "../elsewhere"), "--run-name"),
 ]
 
 
@@ -204,7 +218,7 @@ def test_real_command_exits_2_without_traceback(args, names, bad_inputs):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and names in last, result.stderr
-    assert not (bad_inputs / "out" / "L1-test_resnet").exists()
+    assert not (bad_inputs / "out" / "L1-test_resnet-s42").exists()
 
 
 ENSEMBLE = ROOT / "cifar10_levels" / "ensemble.py"

@@ -2,7 +2,7 @@ import torch
 from accelerate.utils import set_seed
 
 from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
-from cifar10_levels.models import create_model, set_backbone_trainable, unwrapped_state_dict
+from cifar10_levels.models import create_model, set_backbone_trainable
 
 from conftest import CLASS_NAMES
 
@@ -16,7 +16,7 @@ def meta(arch: str, img_size: int = 32) -> CheckpointMeta:
 def test_round_trip_gives_identical_logits(tmp_path):
     model = create_model("test_resnet", 10).eval()
     path = tmp_path / "best.safetensors"
-    save_checkpoint(path, unwrapped_state_dict(model), meta("test_resnet"))
+    save_checkpoint(path, model.state_dict(), meta("test_resnet"))
     loaded, m = load_checkpoint(path)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -25,16 +25,9 @@ def test_round_trip_gives_identical_logits(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_compiled_model_saves_without_orig_mod_prefix():
-    model = create_model("test_resnet", 10)
-    compiled = torch.compile(model)
-    keys = unwrapped_state_dict(compiled).keys()
-    assert keys == model.state_dict().keys()
-
-
 def test_metadata_is_readable_without_loading_weights(tmp_path):
     path = tmp_path / "m.safetensors"
-    save_checkpoint(path, unwrapped_state_dict(create_model("test_resnet", 10)), meta("test_resnet", 48))
+    save_checkpoint(path, create_model("test_resnet", 10).state_dict(), meta("test_resnet", 48))
     assert read_meta(path).img_size == 48
 
 

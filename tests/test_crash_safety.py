@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from cifar10_levels.checkpoint import read_meta
 from cifar10_levels.cli import train_main
-from cifar10_levels.trainer import find_state_dir, replace_dir
+from cifar10_levels.rundir import find_state_dir, replace_dir
 
 from conftest import ROOT, TINY_TRAIN, train
 
-RUN = "L1-test_resnet"
+RUN = "L1-test_resnet-s42"
 # 160 images in batches of 8: 20 steps an epoch, so a stop request (checked every 10) lands mid-epoch.
 SMALL = ["--arch", "test_resnet", "--train-limit", "160", "--batch-size", "8", "--lr", "1e-2", "1e-2"]
 

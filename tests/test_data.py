@@ -44,3 +44,26 @@ def test_loader_yields_uint8_batches_without_per_sample_work(tiny_cifar):
     assert images.dtype == torch.uint8 and images.shape == (64, 3, 32, 32) and labels.shape == (64,)
     again = next(iter(make_loader(data.train, 64, train=True, seed=0)))
     assert torch.equal(again[1], labels)
+
+
+def test_stratified_subset_gives_exactly_the_limit_as_evenly_as_possible():
+    labels = np.repeat(np.arange(10), 4500)
+    for limit in (1, 7, 256, 4999):
+        sub = stratified_subset(labels, limit)
+        counts = np.bincount(labels[sub], minlength=10)
+        assert len(sub) == len(set(sub)) == limit and counts.max() - counts.min() <= 1
+    uneven = np.concatenate([np.zeros(300, int), np.ones(100, int)])  # 3:1
+    assert np.bincount(uneven[stratified_subset(uneven, 10)]).tolist() == [8, 2]  # 7.5 and 2.5
+    assert np.array_equal(stratified_subset(labels, 256), stratified_subset(labels, 256))
+
+
+def test_train_limit_256_gives_256_images(tiny_cifar):
+    data = load_cifar10(str(tiny_cifar), train_limit=256, eval_limit=33)
+    assert (len(data.train), len(data.val), len(data.test)) == (256, 33, 33)
+    assert torch.bincount(data.train.labels).tolist() == [26] * 6 + [25] * 4
+
+
+def test_cache_dir_is_read_when_used_not_at_import(tiny_cifar, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR10_LEVELS_CACHE", str(tmp_path / "here"))
+    load_cifar10(str(tiny_cifar))
+    assert [p.suffix for p in (tmp_path / "here").iterdir()] == [".safetensors"]

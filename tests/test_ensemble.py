@@ -213,7 +213,7 @@ def test_dataset_with_other_classes(capsys, tmp_path, tiny_cifar):
 def test_member_labels_grow_until_runs_with_the_same_file_names_differ():
     from pathlib import Path
 
-    from cifar10_levels.ensemble import member_labels
+    from cifar10_levels.ensemble_members import member_labels
 
     same_names = [Path("/x/runs/seed0/Lfast-net/best.safetensors"),
                   Path("/x/runs/seed1/Lfast-net/best.safetensors")]

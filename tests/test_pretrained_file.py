@@ -10,7 +10,8 @@ def test_resnet_checkpoint_as_pretrained_file(tiny_cifar, tmp_path_factory, tmp_
     source = trained_run("resnet", tiny_cifar, tmp_path_factory) / "best.safetensors"
     train(tiny_cifar, tmp_path, "--arch", "test_resnet", "--img-size", "48", "--pretrained-file",
           source, "--epochs", "1", "0", "--lr", "1e-2", "1e-2")
-    before, after = load_file(str(source)), load_file(str(tmp_path / "L1-test_resnet" / "last.safetensors"))
+    before = load_file(str(source))
+    after = load_file(str(tmp_path / "L1-test_resnet-s42" / "last.safetensors"))
     backbone = [k for k in before if not k.startswith("fc.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # frozen in phase 1
 
@@ -23,7 +24,7 @@ def test_speednet_checkpoint_as_pretrained_file_keeps_its_whitening(tiny_cifar, 
     source = trained_run("speednet", tiny_cifar, tmp_path_factory) / "best.safetensors"
     train(tiny_cifar, tmp_path, "--level", "fast", "--epochs", "1", "--train-limit", "200",
           "--pretrained-file", source)
-    loaded = load_file(str(tmp_path / "Lfast-cifar_speednet" / "last.safetensors"))["whiten_weight"]
+    loaded = load_file(str(tmp_path / "Lfast-cifar_speednet-s42" / "last.safetensors"))["whiten_weight"]
     assert torch.equal(loaded, load_file(str(source))["whiten_weight"])
     fresh = SpeedNet()  # what a run from scratch on these 200 images would have used instead
     fresh.init_from_data(load_cifar10(str(tiny_cifar), train_limit=200).train.images)

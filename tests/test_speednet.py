@@ -114,7 +114,7 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     result = train(tiny_cifar, out, "--level", "fast", "--batch-size", "50", "--epochs", "2",
                    "--train-limit", "200", "--eval-limit", "50")
     assert "precision bf16" in result.stdout or "precision no" in result.stdout
-    run_dir = out / "Lfast-cifar_speednet"
+    run_dir = out / "Lfast-cifar_speednet-s42"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["arch"] == "cifar_speednet" and results["num_params"] == EXPECTED_PARAMS
     assert results["test_acc"] > 0.5, results  # the tiny fixture's classes show as colours

@@ -18,7 +18,7 @@ def test_every_level_learns_and_writes_checkpoints_and_results(tiny_cifar, tmp_p
     arch = LEVEL_ARCHS[level]
     result = train(tiny_cifar, tmp_path, "--level", level, "--arch", arch,
                    "--epochs", "1", "4", "--lr", "1e-2", "3e-3")
-    run = tmp_path / f"L{level}-{arch}"
+    run = tmp_path / f"L{level}-{arch}-s42"
     results = json.loads((run / "results.json").read_text())
     assert results["best_val_acc"] > 0.5 and results["test_acc"] > 0.5  # chance is 0.1
     assert set(results["per_class_acc"]) >= {"airplane", "truck"}
@@ -42,7 +42,7 @@ def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar
     from cifar10_levels.models import create_model
 
     train(tiny_cifar, tmp_path, "--arch", "test_resnet", "--epochs", "2", "0", "--lr", "1e-2", "1e-2")
-    after = load_file(str(tmp_path / "L1-test_resnet" / "last.safetensors"))
+    after = load_file(str(tmp_path / "L1-test_resnet-s42" / "last.safetensors"))
     set_seed(42)  # the run's seed: the same initial weights
     before = create_model("test_resnet", 10).state_dict()
     head = {k for k in before if k.startswith("fc.")}

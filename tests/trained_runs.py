@@ -8,8 +8,8 @@ from conftest import train
 RUNS = {
     # test_resnet at 48 px: the Normalizer's resize to the model's size is exercised too
     "resnet": (("--arch", "test_resnet", "--img-size", "48", "--epochs", "1", "2", "--lr", "1e-2",
-                "3e-3", "--tta", "2"), "L1-test_resnet"),
-    "speednet": (("--level", "fast", "--epochs", "2", "--tta", "2"), "Lfast-cifar_speednet"),
+                "3e-3", "--tta", "2"), "L1-test_resnet-s42"),
+    "speednet": (("--level", "fast", "--epochs", "2", "--tta", "2"), "Lfast-cifar_speednet-s42"),
 }
 _done: dict[str, Path] = {}
 

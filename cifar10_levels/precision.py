@@ -1,0 +1,43 @@
+"""Mixed precision: which one a run uses, and where its autocast and gradient scaler come from."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+# torch's default; tests raise it to force overflowing (skipped) steps
+INITIAL_SCALE = 2.0 ** 16
+
+
+def default_precision(recipe) -> str:
+    """bf16 where the GPU computes it natively (compute capability >= 8), else fp16 with scaling."""
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    # Without AMX tiles oneDNN's bf16 kernels run slower than fp32 (bench/cpu_precision.py: 0.69x for
+    # a cifar_speednet step on an AVX512-BF16 Xeon), so bf16 only pays where AMX is present.
+    bf16_fast = torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
+    return "bf16" if recipe.optimizer == "fast" and bf16_fast else "no"
+
+
+@dataclass
+class Amp:
+    """The run's precision as the loop uses it: an autocast context and the gradient scaler (or None)."""
+
+    name: str
+    scaler: torch.amp.GradScaler | None
+    cpu_dtype: torch.dtype | None = None   # autocast we add; Accelerate autocasts inside the prepared model
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast("cpu", dtype=self.cpu_dtype) if self.cpu_dtype else nullcontext()
+
+    @classmethod
+    def for_accelerator(cls, accelerator, precision: str) -> "Amp":
+        """Call before `prepare`: Accelerate's optimizer wrapper, backward and save_state use its scaler.
+
+        On a CPU Accelerate accepts fp16 but does nothing with it (no autocast, no scaler): we add both.
+        """
+        if precision == "fp16" and accelerator.device.type == "cpu":
+            accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=INITIAL_SCALE)
+            return cls("fp16", accelerator.scaler, torch.float16)
+        return cls(accelerator.mixed_precision, accelerator.scaler)

@@ -1,0 +1,31 @@
+"""--compile end to end with torch's default inductor backend: train, load the best, test, resume."""
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import load_file
+
+from cifar10_levels.checkpoint import load_checkpoint
+
+from conftest import train
+
+# the smallest run that compiles every graph once: one batch size for training, one for evaluation
+TOY = ["--arch", "test_resnet", "--train-limit", "64", "--eval-limit", "20", "--batch-size", "20",
+       "--compile"]
+
+
+def test_compiled_run_ends_with_clean_checkpoints_and_resumes(tiny_cifar, tmp_path):
+    train(tiny_cifar, tmp_path, *TOY, "--epochs", "0", "1")
+    (results,) = tmp_path.glob("*/results.json")
+    run_dir = results.parent
+    best = run_dir / "best.safetensors"
+    assert not [k for k in load_file(best) if "_orig_mod" in k or k.startswith("module.")]
+    model, meta = load_checkpoint(best)
+    assert meta.arch == "test_resnet" and meta.test_acc == json.loads(results.read_text())["test_acc"]
+
+    resumed = train(tiny_cifar, tmp_path, *TOY, "--epochs", "0", "2", "--resume")
+    assert "resuming from" in resumed.stdout
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert json.loads(results.read_text())["best_epoch"] in (1, 2)
+    load_checkpoint(best)

@@ -1,0 +1,91 @@
+"""A run is never replaced silently: the run directory names level, arch and seed, and a directory
+that holds a run is only continued (--resume) or replaced (--overwrite) when the user says so."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from cifar10_levels.cli import train_main
+
+from conftest import ROOT, TINY_TRAIN, run_cli, train
+
+TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def snapshot(run: Path) -> dict[str, str]:
+    """Every file of a run with its sha256: equal before and after means untouched."""
+    return {str(p.relative_to(run)): sha256(p) for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_second_seed_keeps_the_first_run_and_ensemble_and_report_find_both(tiny_cifar, tmp_path):
+    out = tmp_path / "ckpts"
+    train(tiny_cifar, out, *TOY, "--seed", "1")
+    first = out / "L1-test_resnet-s1"
+    best, history = sha256(first / "best.safetensors"), (first / "history.jsonl").read_text()
+    assert len(history.splitlines()) == 2
+    before = snapshot(first)
+
+    train(tiny_cifar, out, *TOY, "--seed", "2")
+    assert (out / "L1-test_resnet-s2" / "results.json").exists()
+    assert sha256(first / "best.safetensors") == best
+    assert (first / "history.jsonl").read_text() == history and snapshot(first) == before
+
+    ensemble = run_cli("ensemble.py", "--weights", out, "--dataset", tiny_cifar, "--report-to", "none",
+                       "--output-dir", tmp_path / "ensemble")
+    assert ensemble.returncode == 0, ensemble.stderr
+    assert "L1-test_resnet-s1" in ensemble.stdout and "L1-test_resnet-s2" in ensemble.stdout
+    report = subprocess.run([sys.executable, "-m", "cifar10_levels.report", out], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    assert "L1-test_resnet-s1" in report.stdout and "L1-test_resnet-s2" in report.stdout
+
+
+def test_the_same_command_again_refuses_and_leaves_the_run_byte_identical(tiny_cifar, tmp_path):
+    out = tmp_path / "ckpts"
+    train(tiny_cifar, out, *TOY)
+    run = out / "L1-test_resnet-s42"
+    best, history = sha256(run / "best.safetensors"), (run / "history.jsonl").read_text()
+    before = snapshot(run)
+
+    again = train(tiny_cifar, out, *TOY, check=False)
+    assert again.returncode == 2, again.stdout + again.stderr
+    message = again.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ") and str(run) in message
+    assert all(choice in message for choice in ("--resume", "--overwrite", "--seed", "--run-name"))
+    assert sha256(run / "best.safetensors") == best and (run / "history.jsonl").read_text() == history
+    assert snapshot(run) == before
+
+    both = train(tiny_cifar, out, *TOY, "--resume", "--overwrite", check=False)
+    assert both.returncode == 2 and "--resume and --overwrite" in both.stderr
+    assert snapshot(run) == before
+
+    train(tiny_cifar, out, *TOY[:2], "--epochs", "0", "1", "--lr", "1e-2", "1e-2", "--overwrite")
+    assert len((run / "history.jsonl").read_text().splitlines()) == 1  # the new run only
+    assert sha256(run / "best.safetensors") != best
+
+
+def test_an_unfinished_run_is_refused_too(tiny_cifar, tmp_path, capsys):
+    """A run killed before its first checkpoint leaves only state/: still a run."""
+    run = tmp_path / "L1-test_resnet-s42"
+    (run / "state").mkdir(parents=True)
+    argv = ["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *TOY]
+    assert train_main(argv) == 2
+    assert f"{run} already holds a run (state)" in capsys.readouterr().err
+    assert [p.name for p in run.iterdir()] == ["state"]
+
+
+def test_run_name_names_the_directory(tiny_cifar, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.json").write_text("{}")
+    argv = ["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *TOY,
+            "--run-name", "mine"]
+    assert train_main(argv) == 2
+    assert f"{tmp_path / 'mine'} already holds a run (results.json)" in capsys.readouterr().err
+    assert train_main([*argv[:-1], "../escape"]) == 2
+    assert "--run-name '../escape'" in capsys.readouterr().err
