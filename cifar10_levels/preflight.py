@@ -93,7 +93,7 @@ def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
 
 
 def pretrained_file_problem(path: str, arch: str) -> str | None:
-    from .checkpoint import check_pretrained_file
+    from .models import check_pretrained_file
     from .data import NUM_CLASSES
     from .models import refuse_pickle
 
