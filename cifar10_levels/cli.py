@@ -113,6 +113,9 @@ def train_parser() -> argparse.ArgumentParser:
     t.add_argument("--run-name", help="the run directory's name under --output-dir and the W&B run "
                    "name (default: L{level}-{arch}-s{seed})")
     t.add_argument("--log-checkpoint", action="store_true", help="upload best checkpoint as a W&B artifact")
+    t.add_argument("--push-to-hub", metavar="REPO_ID", help="at the end, export the best checkpoint "
+                   "for timm (OUTPUT/.../hub_export) and upload it; token and network checked first")
+    t.add_argument("--hub-private", action="store_true", help="create the --push-to-hub repo as private")
     return p
 
 
@@ -176,13 +179,20 @@ def train_main(argv: list[str] | None = None) -> int:
     from .preflight import preflight
 
     preflight(recipe, opts)
+    if args.push_to_hub:
+        from .export import check_push_ready
+        hub_token = check_push_ready(args.push_to_hub)
     from .loop import Stopped
     from .trainer import Trainer
 
     try:
-        Trainer(recipe, opts).fit()
+        trainer = Trainer(recipe, opts)
+        trainer.fit()
     except Stopped:
         return 143
+    if args.push_to_hub and trainer.accelerator.is_main_process:
+        from .export import push_after_training
+        push_after_training(trainer.run_dir, args.push_to_hub, args.hub_private, hub_token)
     return 0
 
 

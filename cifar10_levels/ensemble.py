@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.print(f"{labels_of_members[0]} ({members[0].meta.arch}, {members[0].eval_img_size} px): "
                           f"test accuracy {acc:.2%}")
         raise UserError(f"--weights: found only one checkpoint ({paths[0]}); an ensemble needs two "
-                        "or more; pass more files or a directory with several runs")
+                        "or more; to evaluate one model use python -m cifar10_levels.evaluate")
 
     start = time.perf_counter()
     probs = {s: torch.stack([e.probs[s] for e in evals]) for s in splits}

@@ -120,3 +120,31 @@ def plot_per_class(per_class: dict[str, float], overall: float, path: str | os.P
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=11)
     _save(fig, path)
+
+
+def plot_reliability(bins, path: str | os.PathLike, title: str) -> None:
+    """Accuracy against confidence per bin (metrics.reliability_bins); the gap to the diagonal is
+    the miscalibration, and the bar width shows how many samples sit in each bin."""
+    edges = bins.edges.numpy()
+    counts, acc, conf = bins.counts.numpy(), bins.accuracy.numpy(), bins.confidence.numpy()
+    filled = counts > 0
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    fig = _figure(6, 6.4)
+    ax, hist = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(centers[filled], acc[filled], width=width * 0.95, color=TRAIN_COLOR, alpha=0.85,
+           label="accuracy")
+    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width * 0.95,
+           color="#d62728", alpha=0.35, label="gap to mean confidence")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{title}\nECE {bins.ece:.2%} ({len(counts)} bins)", fontsize=11)
+    hist.bar(centers, counts, width=width * 0.95, color="dimgrey")
+    hist.set_xlim(0, 1)
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("samples")
+    hist.grid(alpha=0.3)
+    _save(fig, path)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.optim.sgd import sgd
-from timm.models import register_model
+from timm.models import (build_model_with_cfg, generate_default_cfgs, register_model,
+                         resolve_pretrained_cfg)
 from torch import nn
 
 from .errors import UserError
@@ -97,7 +98,9 @@ class SpeedNet(nn.Module):
 
     def init_from_data(self, images_uint8: torch.Tensor) -> None:
         """Set the frozen first layer from the patch covariance of (the first) training images,
-        normalized as the fast recipe feeds them (CIFAR-10 mean/std)."""
+        normalized as the fast recipe feeds them (CIFAR-10 mean/std). Pretrained weights keep theirs."""
+        if not getattr(self, "whiten_from_data", True):
+            return
         mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
         sample = (images_uint8[:WHITEN_PATCH_IMAGES].float().div(255) - mean) / std
@@ -198,10 +201,31 @@ class MuonWithSGD(torch.optim.Optimizer):
             p.add_(orthogonalize(g.reshape(len(g), -1)).view_as(p), alpha=-group["lr"])
 
 
+# input_size and normalization of the fast recipe, so a Hub export records them
+default_cfgs = generate_default_cfgs({"cifar_speednet": dict(
+    num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation="bilinear",
+    mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv="whiten_bias", classifier="head",
+    license="mit")})
+
+
+def has_weights_source(cfg) -> bool:
+    return bool(cfg.file or cfg.hf_hub_id or cfg.url or cfg.state_dict)
+
+
 @register_model
 def cifar_speednet(pretrained: bool = False, **kwargs) -> SpeedNet:
-    """~2M-parameter CIFAR-native net (widths 64/256/256); see the module docstring."""
-    if pretrained:
-        raise UserError("cifar_speednet has no pretrained weights; train it with --level fast")
-    allowed = {k: kwargs[k] for k in ("num_classes", "in_chans", "widths") if k in kwargs}
-    return SpeedNet(**allowed)
+    """~2M-parameter CIFAR-native net (widths 64/256/256); see the module docstring.
+
+    pretrained=True needs weights of ours: --pretrained-file, or a Hub export ("local-dir:" / "hf-hub:").
+    """
+    cfg = resolve_pretrained_cfg("cifar_speednet", kwargs.get("pretrained_cfg"),
+                                 kwargs.get("pretrained_cfg_overlay"))
+    if pretrained and not has_weights_source(cfg):
+        raise UserError("cifar_speednet has no published pretrained weights; train it with --level "
+                        "fast, or pass --pretrained-file with a cifar_speednet checkpoint")
+    allowed = {k: kwargs[k] for k in ("num_classes", "in_chans", "widths", "pretrained_cfg",
+                                      "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
+               if k in kwargs}
+    model = build_model_with_cfg(SpeedNet, "cifar_speednet", pretrained, **allowed)
+    model.whiten_from_data = not pretrained  # loaded weights bring their own whitening layer
+    return model

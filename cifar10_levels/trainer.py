@@ -372,7 +372,12 @@ class Trainer:
             "target": recipe.target, "version": __version__, "recipe": recipe.to_dict(),
         }
         self.save_checkpoint("best", self.meta(state.best_epoch, state.best_val_acc, test.acc))
+        from .metrics import negative_log_likelihood, reliability_bins
+        calibration = reliability_bins(test.probs, test.labels)
+        results.update(test_nll=negative_log_likelihood(test.probs, test.labels), test_ece=calibration.ece)
         if acc.is_main_process:
+            from .plots import plot_reliability
+            plot_reliability(calibration, self.run_dir / "reliability.png", f"{recipe.arch}: test, plain")
             write_json(self.run_dir / "results.json", results)
         self.print_results(results)
         self.log.final(results, test, self.data)

@@ -1,0 +1,38 @@
+"""Class probabilities of one model on uint8 32 px images: the same path as evaluation in training."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .checkpoint_meta import CheckpointMeta
+    from .data import ImageSet
+    from .loop import EvalResult
+
+
+def make_accelerator():
+    import torch
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision="fp16" if torch.cuda.is_available() else "no")
+
+
+def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, images: ImageSet,
+                        tta: int = 1, batch_size: int = 256) -> EvalResult:
+    """loop.evaluate with the model's own size and normalization: 32 px views (augment.tta_views),
+    then augment.Normalizer's resize to meta.img_size, as in training."""
+    import torch
+
+    from .augment import Normalizer
+    from .data import make_loader
+    from .loop import evaluate
+
+    channels_last = accelerator.device.type == "cuda"
+    model = model.to(accelerator.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalizer(meta.img_size, tuple(meta.mean), tuple(meta.std), channels_last)
+    loader = accelerator.prepare_data_loader(make_loader(images, batch_size, False, 0))
+    with accelerator.autocast():
+        return evaluate(accelerator, model, loader, normalize, max(tta, 1))

@@ -1,0 +1,37 @@
+"""A checkpoint of ours starts a new run through --pretrained-file, cifar_speednet included."""
+import torch
+from safetensors.torch import load_file
+
+from conftest import train
+from trained_runs import trained_run
+
+
+def test_resnet_checkpoint_as_pretrained_file(tiny_cifar, tmp_path_factory, tmp_path):
+    source = trained_run("resnet", tiny_cifar, tmp_path_factory) / "best.safetensors"
+    train(tiny_cifar, tmp_path, "--arch", "test_resnet", "--img-size", "48", "--pretrained-file",
+          source, "--epochs", "1", "0", "--lr", "1e-2", "1e-2")
+    before = load_file(str(source))
+    after = load_file(str(tmp_path / "L1-test_resnet-s42" / "last.safetensors"))
+    backbone = [k for k in before if not k.startswith("fc.")]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # frozen in phase 1
+
+
+def test_speednet_checkpoint_as_pretrained_file_keeps_its_whitening(tiny_cifar, tmp_path_factory,
+                                                                     tmp_path):
+    from cifar10_levels.data import load_cifar10
+    from cifar10_levels.speednet import SpeedNet
+
+    source = trained_run("speednet", tiny_cifar, tmp_path_factory) / "best.safetensors"
+    train(tiny_cifar, tmp_path, "--level", "fast", "--epochs", "1", "--train-limit", "200",
+          "--pretrained-file", source)
+    loaded = load_file(str(tmp_path / "Lfast-cifar_speednet-s42" / "last.safetensors"))["whiten_weight"]
+    assert torch.equal(loaded, load_file(str(source))["whiten_weight"])
+    fresh = SpeedNet()  # what a run from scratch on these 200 images would have used instead
+    fresh.init_from_data(load_cifar10(str(tiny_cifar), train_limit=200).train.images)
+    assert not torch.allclose(fresh.whiten_weight, loaded)
+
+
+def test_pretrained_file_of_another_arch_is_refused(tiny_cifar, tmp_path_factory, tmp_path):
+    source = trained_run("resnet", tiny_cifar, tmp_path_factory) / "best.safetensors"
+    result = train(tiny_cifar, tmp_path, "--level", "fast", "--pretrained-file", source, check=False)
+    assert result.returncode == 2 and "checkpoint of test_resnet" in result.stderr
