@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from .arguments import Parser, non_negative_int, positive
 from .errors import UserError, exits_cleanly_on_user_error
