@@ -51,15 +51,17 @@ def format_report(report: EnsembleReport, labels: list[str]) -> str:
     width = max(28, *(len(x) + 2 for x in labels))
     arch_width = max(18, *(len(m["arch"]) + 1 for m in report.members))
     wide = width + arch_width + 6   # label, arch and px columns
-    lines = [f"{'member':<{width}} {'arch':<{arch_width}} {'px':>4} {'val acc':>8} {'test acc':>9}"]
+    scores = f"{'val acc':>8} {'test acc':>9} {'test NLL':>9} {'test ECE':>9}"
+    lines = [f"{'member':<{width}} {'arch':<{arch_width}} {'px':>4} {scores}"]
     for label, m in zip(labels, report.members):
         lines.append(f"{label:<{width}} {m['arch']:<{arch_width}} {m['eval_img_size']:>4} "
-                     f"{m['val_acc']:>8.2%} {m['test_acc']:>9.2%}")
-    lines.append(f"{'vote':<{wide}} {'val acc':>8} {'test acc':>9}")
+                     f"{m['val_acc']:>8.2%} {m['test_acc']:>9.2%} {m['test_nll']:>9.4f} "
+                     f"{m['test_ece']:>9.2%}")
+    lines.append(f"{'vote':<{wide}} {scores}")
     for v in report.votes:
         name = f"{v.name} ({v.description})"
-        lines.append(f"{name:<{wide}} {v.val_acc:>8.2%} {v.test_acc:>9.2%}"
-                     + (" <- best on val" if v.name == report.best_vote else ""))
+        lines.append(f"{name:<{wide}} {v.val_acc:>8.2%} {v.test_acc:>9.2%} {v.test_nll:>9.4f} "
+                     f"{v.test_ece:>9.2%}" + (" <- best on val" if v.name == report.best_vote else ""))
         if v.weights is not None:
             lines.append(f"    weights {', '.join(f'{w:.3f}' for w in v.weights)}")
     lines.append(f"{'oracle (any member right)':<{wide}} {'':>8} {report.oracle_test_acc:>9.2%}")
@@ -143,7 +145,8 @@ def results_json(report: EnsembleReport, evals: list[MemberEval], vote_seconds: 
     return {
         "members": report.members,
         "votes": {v.name: {"description": v.description, "val_acc": v.val_acc,
-                           "test_acc": v.test_acc, "weights": v.weights} for v in report.votes},
+                           "test_acc": v.test_acc, "test_nll": v.test_nll, "test_ece": v.test_ece,
+                           "weights": v.weights} for v in report.votes},
         "best_vote": report.best_vote, "best_vote_chosen_by": "validation accuracy",
         "oracle_test_acc": report.oracle_test_acc,
         "majority_ties": {"test": report.majority_ties_test, "val": report.majority_ties_val},
@@ -158,17 +161,22 @@ def results_json(report: EnsembleReport, evals: list[MemberEval], vote_seconds: 
 
 
 def save_results(report: EnsembleReport, results: dict, output_dir: Path) -> None:
-    """ensemble_results.json and the best vote's confusion matrix as a PNG."""
+    """ensemble_results.json, and the best vote's confusion matrix and reliability diagram as PNGs."""
     import numpy as np
 
-    from .plots import plot_confusion
+    from .metrics import reliability_bins
+    from .plots import plot_confusion, plot_reliability
 
     ensure_writable_dir(output_dir)
     write_json(output_dir / "ensemble_results.json", results)
+    best = next(v for v in report.votes if v.name == report.best_vote)
+    title = f"ensemble ({report.best_vote} vote), test"
     plot_confusion(np.array(report.confusion_matrix), report.class_names,
-                   output_dir / "ensemble_confusion.png", f"ensemble ({report.best_vote} vote), test")
-    print(f"results: {output_dir / 'ensemble_results.json'}, {output_dir / 'ensemble_confusion.png'}",
-          flush=True)
+                   output_dir / "ensemble_confusion.png", title)
+    plot_reliability(reliability_bins(best.test_probs, best.test_labels, preds=best.test_preds),
+                     output_dir / "ensemble_reliability.png", title)
+    print(f"results: {output_dir / 'ensemble_results.json'}, {output_dir / 'ensemble_confusion.png'}, "
+          f"{output_dir / 'ensemble_reliability.png'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,18 @@ class VoteScore:
     val_acc: float
     test_acc: float
     test_preds: torch.Tensor
+    test_probs: torch.Tensor       # (samples, classes): what the vote's calibration is measured on
+    test_labels: torch.Tensor
     weights: list[float] | None = None
+
+    @property
+    def test_nll(self) -> float:
+        return metrics.negative_log_likelihood(self.test_probs, self.test_labels)
+
+    @property
+    def test_ece(self) -> float:
+        return metrics.expected_calibration_error(self.test_probs, self.test_labels,
+                                                  preds=self.test_preds)
 
 
 @dataclass
@@ -42,18 +53,24 @@ def score_votes(val: torch.Tensor, val_labels: torch.Tensor, test: torch.Tensor,
     member_val_acc = torch.tensor([voting.accuracy(p.argmax(1), val_labels) for p in val])
     acc_weights = voting.accuracy_weights(member_val_acc.clamp_min(1e-6))
     fitted = voting.fit_mixture_weights(val, val_labels)
+    # (name, description, the vote's probabilities, its predictions, member weights)
     rules = [
-        ("majority", "hard vote, the write-up's", voting.majority_vote, None),
-        ("soft", "mean probability", voting.soft_vote, None),
+        ("majority", "hard vote, the write-up's", voting.vote_shares, voting.majority_vote, None),
+        ("soft", "mean probability", voting.mean_probabilities, None, None),
         ("weighted", "soft, weighted by val accuracy",
-         lambda p: voting.weighted_vote(p, acc_weights), acc_weights),
+         lambda p: voting.mean_probabilities(p, acc_weights), None, acc_weights),
         ("fitted", "soft, weights fitted on val by max likelihood",
-         lambda p: voting.weighted_vote(p, fitted), fitted),
+         lambda p: voting.mean_probabilities(p, fitted), None, fitted),
     ]
-    return [VoteScore(name, text, voting.accuracy(rule(val), val_labels),
-                      voting.accuracy(preds := rule(test), test_labels), preds,
-                      None if w is None else [round(x, 4) for x in w.tolist()])
-            for name, text, rule, w in rules]
+    scores = []
+    for name, text, vote_probs, vote_preds, w in rules:
+        predict = vote_preds or (lambda p: vote_probs(p).argmax(1))
+        test_preds = predict(test)
+        scores.append(VoteScore(name, text, voting.accuracy(predict(val), val_labels),
+                                voting.accuracy(test_preds, test_labels), test_preds,
+                                vote_probs(test), test_labels,
+                                None if w is None else [round(x, 4) for x in w.tolist()]))
+    return scores
 
 
 def build_report(members: list[Member], probs: dict[str, torch.Tensor],
@@ -67,7 +84,9 @@ def build_report(members: list[Member], probs: dict[str, torch.Tensor],
                     "train_img_size": m.meta.img_size, "eval_img_size": m.eval_img_size,
                     "sha256": m.sha256,
                     "val_acc": voting.accuracy(probs["val"][i].argmax(1), labels["val"]),
-                    "test_acc": voting.accuracy(test_preds[i], labels["test"])}
+                    "test_acc": voting.accuracy(test_preds[i], labels["test"]),
+                    "test_nll": metrics.negative_log_likelihood(probs["test"][i], labels["test"]),
+                    "test_ece": metrics.expected_calibration_error(probs["test"][i], labels["test"])}
                    for i, m in enumerate(members)]
     return EnsembleReport(
         members=member_rows, votes=votes, best_vote=best.name,

@@ -44,9 +44,15 @@ class ReliabilityBins:
         return ((self.counts / self.counts.sum()) * (self.accuracy - self.confidence).abs()).sum().item()
 
 
-def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS
-                     ) -> ReliabilityBins:
-    confidence, preds = probs.double().max(1)
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS,
+                     preds: torch.Tensor | None = None) -> ReliabilityBins:
+    """`preds`: the predictions when they are not the argmax (a majority vote's tie-break); the
+    confidence is then the probability given to the predicted class."""
+    probs = probs.double()
+    if preds is None:
+        confidence, preds = probs.max(1)
+    else:
+        confidence = probs.gather(1, preds.view(-1, 1)).squeeze(1)
     correct = (preds == labels).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     index = torch.bucketize(confidence, edges[1:-1])  # bin m holds (m/bins, (m+1)/bins]
@@ -56,6 +62,6 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_
                            torch.bincount(index, correct, bins) / safe)
 
 
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS
-                               ) -> float:
-    return reliability_bins(probs, labels, bins).ece
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS,
+                               preds: torch.Tensor | None = None) -> float:
+    return reliability_bins(probs, labels, bins, preds).ece

@@ -31,12 +31,23 @@ def majority_vote(probs: torch.Tensor) -> torch.Tensor:
     return summed.argmax(1)
 
 
-def soft_vote(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(samples,) argmax of the (weighted) mean probability; weights are normalized to sum to 1."""
+def vote_shares(probs: torch.Tensor) -> torch.Tensor:
+    """(samples, classes): the share of members voting for each class, the majority vote's
+    probabilities (what its calibration is measured on)."""
+    return vote_counts(probs).to(probs.dtype) / probs.shape[0]
+
+
+def mean_probabilities(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(samples, classes): the (weighted) mean of the members' probabilities; weights sum to 1."""
     if weights is None:
-        return probs.mean(0).argmax(1)
+        return probs.mean(0)
     w = weights.to(probs.dtype) / weights.sum()
-    return torch.einsum("m,mnc->nc", w, probs).argmax(1)
+    return torch.einsum("m,mnc->nc", w, probs)
+
+
+def soft_vote(probs: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(samples,) argmax of the (weighted) mean probability."""
+    return mean_probabilities(probs, weights).argmax(1)
 
 
 def accuracy_weights(val_accuracies: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,27 @@ def test_votes_three_architectures_at_their_own_sizes(runs, tiny_cifar, tmp_path
         majority.append(tied[probs.sum(0)[i, tied].argmax()])  # most summed probability wins a tie
     majority_acc = (torch.stack(majority) == labels).float().mean().item()
     assert results["votes"]["majority"]["test_acc"] == pytest.approx(majority_acc, abs=1e-9)
+    # calibration of every member and vote, by hand: NLL, and ECE over 15 equal-width bins
+    def nll(p):
+        return -p[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean().item()
+
+    def ece(p, pred):
+        conf = p[torch.arange(len(labels)), pred]
+        bins = torch.clamp((conf * 15).ceil().long() - 1, 0, 14)
+        return sum((bins == b).sum().item() / len(labels) * abs(
+            (pred == labels)[bins == b].float().mean().item() - conf[bins == b].mean().item())
+            for b in range(15) if (bins == b).any())
+
+    shares = torch.stack([torch.bincount(preds[:, i], minlength=10) for i in range(preds.shape[1])]) / 3
+    expected = {"soft": (probs.mean(0), probs.mean(0).argmax(1)),
+                "majority": (shares.double(), torch.stack(majority))}
+    for name, (p, pred) in expected.items():
+        assert results["votes"][name]["test_nll"] == pytest.approx(nll(p.double()), rel=1e-6)
+        assert results["votes"][name]["test_ece"] == pytest.approx(ece(p.double(), pred), abs=1e-6)
+    member_nll = sorted(round(nll(p.double()), 6) for p in probs)
+    assert sorted(round(m["test_nll"], 6) for m in members) == member_nll
+    assert "test NLL" in out and "test ECE" in out
+    assert (tmp_path / "ensemble_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     matrix = results["pairwise_disagreement_test"]
     assert len(matrix) == 3 and all(matrix[i][i] == 0 for i in range(3))
     assert sum(map(sum, results["confusion_matrix"])) == 100
