@@ -46,9 +46,11 @@ def recorded(monkeypatch):
     monkeypatch.setattr(trainer.Trainer, "finish", finish_recording)
     from accelerate.state import AcceleratorState, GradientState
 
-    yield seen
-    AcceleratorState._reset_state(True)  # the next in-process run asks for another precision
-    GradientState._reset_state()
+    for reset in (True, False):  # in-process runs before and after ask for other precisions
+        if reset is False:
+            yield seen
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
 
 
 def run(tiny_cifar, tmp_path, *args: str) -> dict:
