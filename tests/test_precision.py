@@ -46,11 +46,13 @@ def recorded(monkeypatch):
     monkeypatch.setattr(trainer.Trainer, "finish", finish_recording)
     from accelerate.state import AcceleratorState, GradientState
 
-    for reset in (True, False):  # in-process runs before and after ask for other precisions
-        if reset is False:
-            yield seen
+    def reset() -> None:  # in-process runs before and after this one ask for other precisions
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+
+    reset()
+    yield seen
+    reset()
 
 
 def run(tiny_cifar, tmp_path, *args: str) -> dict:
