@@ -46,9 +46,13 @@ def recorded(monkeypatch):
     monkeypatch.setattr(trainer.Trainer, "finish", finish_recording)
     from accelerate.state import AcceleratorState, GradientState
 
+    def reset() -> None:  # in-process runs before and after this one ask for other precisions
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+    reset()
     yield seen
-    AcceleratorState._reset_state(True)  # the next in-process run asks for another precision
-    GradientState._reset_state()
+    reset()
 
 
 def run(tiny_cifar, tmp_path, *args: str) -> dict:
