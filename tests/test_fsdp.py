@@ -27,3 +27,17 @@ def test_fsdp_launch_on_cpus_fails_at_once_with_one_line(tiny_cifar, tmp_path):
                       "on GPUs only, not on a CPU); on a CPU launch with accelerate_configs/"
                       "cpu_2proc.yaml instead (see docs/distributed.md)"], result.stderr
     assert "recipe:" not in result.stdout and not (tmp_path / "out").exists()
+
+
+def test_checkpoint_save_and_load_best_on_an_fsdp2_sharded_model(tmp_path):
+    """What train.py does under FSDP, on torch's FSDP2 with two gloo processes: gather the full
+    weights, save our checkpoint on rank 0, load it back into sharded parameters on every rank."""
+    script = ROOT / "tests" / "distributed_helpers" / "fsdp_checkpoint.py"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
+         str(tmp_path / "best.safetensors")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert sorted(line for line in result.stdout.splitlines() if "fsdp checkpoint ok" in line) == [
+        "fsdp checkpoint ok on rank 0", "fsdp checkpoint ok on rank 1"]
