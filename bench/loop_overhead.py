@@ -27,7 +27,9 @@ from torch import nn
 from measure import CpuClock, Spread, environment_header, interleave, ratio
 
 from cifar10_levels.cli import recipe_from_args, train_parser
-from cifar10_levels.loop import RunOptions, build_optimizer, train_one_epoch
+from cifar10_levels.loop import train_one_epoch
+from cifar10_levels.optim import build_optimizer
+from cifar10_levels.options import RunOptions
 from cifar10_levels.models import set_train_mode
 from cifar10_levels.recipes import Phase
 from cifar10_levels.trainer import Trainer

@@ -162,7 +162,7 @@ def augment_from_args(augment, args: argparse.Namespace):
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
-    from .loop import RunOptions
+    from .options import RunOptions
 
     opts = RunOptions(
         output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,

@@ -1,20 +1,14 @@
 """Train and evaluate with Accelerate: a plain PyTorch loop, phase by phase."""
 from __future__ import annotations
 
-import math
 import signal
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 import torch
-from torch import nn
 
-from .augment import Normalizer, tta_views
 from .errors import UserError
-from .recipes import Phase, Recipe
+from .recipes import Phase
 
 LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
 STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
@@ -26,31 +20,6 @@ class Diverged(UserError):
 
 class Stopped(Exception):
     """SIGTERM/SIGINT arrived: state was saved, the run can be resumed."""
-
-
-@dataclass
-class RunOptions:
-    """Everything about a run that is not the recipe."""
-
-    output_dir: Path = Path("ckpts")
-    dataset: str | None = None
-    train_limit: int | None = None
-    eval_limit: int | None = None
-    pretrained_file: str | None = None
-    resume: bool = False
-    overwrite: bool = False                # replace the run already in the run directory
-    mixed_precision: str | None = None     # None: precision.default_precision
-    grad_accum: int = 1
-    lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)
-    compile: bool = False
-    channels_last: bool | None = None      # None: on for CUDA
-    max_nonfinite: int = 20                # consecutive non-finite losses before stopping
-    report_to: str = "wandb"
-    wandb_project: str = "cifar10-levels"
-    wandb_entity: str | None = None
-    run_name: str | None = None
-    log_checkpoint: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -69,80 +38,8 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-@dataclass
-class EvalResult:
-    loss: float                   # cross-entropy of the identity view
-    acc: float
-    probs: torch.Tensor           # (N, C) mean softmax over the views, every sample once
-    labels: torch.Tensor
-    plain_probs: torch.Tensor     # (N, C) softmax of the identity view alone
-
-    @property
-    def preds(self) -> torch.Tensor:
-        return self.probs.argmax(1)
-
-    @property
-    def plain_acc(self) -> float:
-        return (self.plain_probs.argmax(1) == self.labels).float().mean().item()
-
-    def plain(self) -> "EvalResult":
-        """The identity view's result, without evaluating again."""
-        return EvalResult(self.loss, self.plain_acc, self.plain_probs, self.labels, self.plain_probs)
-
-
-def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> float:
-    return lr * global_batch / recipe.batch_size if scaling == "linear" else lr
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
-        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size)
-    # fused: one kernel for every tensor; on a CPU ~4x faster than the per-tensor default
-    # (bench/step_costs.py), on CUDA the fastest too; same update rule
-    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=True)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
-    """Per-step cosine (or linear) decay within a phase, after an optional linear warmup."""
-    warmup = min(recipe.warmup_steps, max(total_steps - 1, 0))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def dominant_label(targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(1) if targets.ndim == 2 else targets
-
-
-@torch.inference_mode()
-def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: int = 1,
-             autocast: Callable[[], AbstractContextManager] = nullcontext) -> EvalResult:
-    """Mean softmax over `tta` views; every sample counted exactly once across processes."""
-    model.eval()
-    probs, labels, plain_logits = [], [], []
-    for images, target in loader:
-        views = tta_views(images, max(tta, 1))
-        with autocast():
-            logits = [model(normalize(v)).float() for v in views]
-        mean = torch.stack([lg.softmax(1) for lg in logits]).mean(0)
-        p, lg, t = accelerator.gather_for_metrics((mean, logits[0], target))
-        probs.append(p.cpu()), plain_logits.append(lg.cpu()), labels.append(t.cpu())
-    probs_t, labels_t, plain_t = torch.cat(probs), torch.cat(labels), torch.cat(plain_logits)
-    loss = nn.functional.cross_entropy(plain_t, labels_t).item()
-    return EvalResult(loss=loss, acc=(probs_t.argmax(1) == labels_t).float().mean().item(),
-                      probs=probs_t, labels=labels_t, plain_probs=plain_t.softmax(1))
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 class StopFlag:
@@ -186,7 +83,7 @@ def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
     """One pass over the (sharded) training loader. `run` is a Trainer holding the parts."""
     acc_ = run.accelerator
     model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
-    mixing = phase.mix and run.augment.mixup is not None
+    mixing = run.recipe.mixes(phase)
     loss_fn = run.soft_loss if mixing else run.hard_loss
     device = acc_.device
     loss_sum = torch.zeros((), device=device)

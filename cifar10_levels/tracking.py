@@ -61,8 +61,7 @@ class RunLog:
         self.accelerator = trainer.accelerator
         self.run_dir: Path = trainer.run_dir
         recipe = trainer.recipe
-        mixing = recipe.augment.mixup_alpha > 0 or recipe.augment.cutmix_alpha > 0
-        self.mixing_phases = frozenset(p.name for p in recipe.phases if p.mix and mixing)
+        self.mixing_phases = frozenset(p.name for p in recipe.phases if recipe.mixes(p))
 
     @property
     def main(self) -> bool:

@@ -20,8 +20,11 @@ from .data import CIFAR10, load_cifar10, make_loader
 from .errors import UserError
 from .files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
 from .hardware import hardware_name
-from .loop import (Diverged, RunOptions, StopFlag, Stopped, TrainState, build_optimizer,
-                   build_scheduler, evaluate, format_duration, scaled_lr, train_one_epoch)
+from .console import format_duration
+from .evaluation import evaluate
+from .loop import Diverged, StopFlag, Stopped, TrainState, train_one_epoch
+from .optim import build_optimizer, build_scheduler, scaled_lr
+from .options import RunOptions
 from .metrics import per_class_accuracy
 from .models import (clean_state_dict, count_parameters, create_model, load_full_state_dict,
                      set_backbone_trainable, set_train_mode)
@@ -325,8 +328,8 @@ class Trainer:
                       "images_per_s": stats.images / max(stats.seconds, 1e-9),
                       "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
             state.history.append(record)
-            train_name = "train acc (dominant label, Mixup/CutMix on)" if (
-                phase.mix and self.augment.mixup is not None) else "train acc"
+            train_name = "train acc (dominant label, Mixup/CutMix on)" if self.recipe.mixes(phase) \
+                else "train acc"
             self.print(f"epoch {state.epochs_done}/{total_epochs} [{phase.name}] train loss "
                        f"{stats.loss:.4f} {train_name} {stats.acc:.2%} | val loss {val.loss:.4f} "
                        f"acc {val.acc:.2%}{' *' if improved else ''} | lr {record['lr']:.2e} | "
