@@ -176,7 +176,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .preflight import preflight
 
     preflight(recipe, opts)
-    from .loop import Stopped
+    from .step_hooks import Stopped
     from .trainer import Trainer
 
     try:

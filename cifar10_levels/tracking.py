@@ -29,11 +29,11 @@ SUMMARY_KEYS = {"test_acc": "test/acc", "test_acc_tta": "test/acc_tta", "test_lo
 
 
 def run_config(trainer) -> dict:
-    acc, opts, data = trainer.accelerator, trainer.opts, trainer.data
+    accelerator, opts, data = trainer.accelerator, trainer.opts, trainer.data
     return {
         "recipe": trainer.recipe.to_dict(),
-        "hardware": {"device": hardware_name(acc), "num_processes": acc.num_processes,
-                     "precision": acc.mixed_precision, "cuda": torch.version.cuda,
+        "hardware": {"device": hardware_name(accelerator), "num_processes": accelerator.num_processes,
+                     "precision": accelerator.mixed_precision, "cuda": torch.version.cuda,
                      "cpu_count": os.cpu_count(), "global_batch": trainer.global_batch,
                      "grad_accum": opts.grad_accum, "lr_scaling": opts.lr_scaling,
                      "compile": opts.compile, "channels_last": trainer.channels_last},
@@ -78,8 +78,8 @@ class RunLog:
         return f"{self.run_name}: level {r.level} {r.title}, {r.arch} @ {r.img_size}px"
 
     def start(self) -> None:
-        acc, opts, recipe = self.accelerator, self.trainer.opts, self.trainer.recipe
-        if not (self.main and acc.log_with):
+        accelerator, opts, recipe = self.accelerator, self.trainer.opts, self.trainer.recipe
+        if not (self.main and accelerator.log_with):
             return
         wandb_kwargs = None
         if "wandb" in tracker_names(opts.report_to):
@@ -92,8 +92,8 @@ class RunLog:
                     "pretrained" if recipe.pretrained else "from-scratch"]
             wandb_kwargs = wandb_init_kwargs(self.run_name, self.run_dir, mode, opts.wandb_entity,
                                              f"level-{recipe.level}", tags, "train", run_id)
-        start_trackers(acc, opts.wandb_project, run_config(self.trainer), wandb_kwargs)
-        run = wandb_run(acc)
+        start_trackers(accelerator, opts.wandb_project, run_config(self.trainer), wandb_kwargs)
+        run = wandb_run(accelerator)
         if run is not None:
             write_text(self.run_dir / "wandb_run_id", run.id)
             run.define_metric("epoch")
@@ -126,13 +126,13 @@ class RunLog:
         plot_per_class(results["per_class_acc"], results["test_acc"], self.run_dir / "per_class.png",
                        f"{self.run_name}: per-class {shown}")
         summary = {key: results[k] for k, key in SUMMARY_KEYS.items() if results.get(k) is not None}
-        acc, step = self.accelerator, self.trainer.state.global_step
-        acc.log({k: v for k, v in summary.items() if k.startswith("test/")}, step=step)
-        for tracker in acc.trackers:
+        accelerator, step = self.accelerator, self.trainer.state.global_step
+        accelerator.log({k: v for k, v in summary.items() if k.startswith("test/")}, step=step)
+        for tracker in accelerator.trackers:
             if tracker.name == "tensorboard":  # W&B gets a table and a bar chart instead
                 tracker.log({f"test/class_acc/{n}": a for n, a in results["per_class_acc"].items()},
                             step=step)
-        run = wandb_run(acc)
+        run = wandb_run(accelerator)
         if run is not None:
             self._log_wandb_results(run, results, test, data, matrix)
             run.summary.update(summary)
