@@ -92,9 +92,8 @@ def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
 
 
 def pretrained_file_problem(path: str, arch: str) -> str | None:
-    from .checkpoint import check_pretrained_file
     from .data import NUM_CLASSES
-    from .models import refuse_pickle
+    from .models import check_pretrained_file, refuse_pickle
 
     if not Path(path).is_file():
         return f"--pretrained-file {path}: no such file; pass a .safetensors file, or --no-pretrained"
