@@ -81,7 +81,7 @@ def measure_level(recipe: Recipe, ours_images: ImageSet, naive_images: ImageSet,
     """Wall images/s of every candidate, and ours in images per CPU-second of this process."""
     augment = TrainAugment(recipe.augment, Normalizer(recipe.img_size, recipe.mean, recipe.std),
                            recipe.label_smoothing, NUM_CLASSES, device)
-    mixes = any(phase.mix for phase in recipe.phases)
+    mixes = any(recipe.mixes(phase) for phase in recipe.phases)
     ours_loader = make_loader(ours_images, recipe.batch_size, train=True, seed=recipe.seed)
 
     clock = CpuClock()
@@ -118,8 +118,7 @@ def policy_text(recipe: Recipe) -> str:
              f"RandAugment {a.randaugment_ops}x{a.randaugment_magnitude}" if a.randaugment_ops else "",
              f"jitter {a.color_jitter}" if a.color_jitter else "",
              f"erasing {a.random_erasing}" if a.random_erasing else "",
-             "Mixup/CutMix" if any(p.mix for p in recipe.phases) and (a.mixup_alpha or a.cutmix_alpha)
-             else ""]
+             "Mixup/CutMix" if any(recipe.mixes(p) for p in recipe.phases) else ""]
     return ", ".join(p for p in parts if p)
 
 

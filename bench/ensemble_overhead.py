@@ -3,7 +3,7 @@
     python bench/ensemble_overhead.py --archs resnet18 efficientnet_b0 convnext_atto --images 2000
 
 Random weights and random uint8 images (speed does not depend on them). `bare` is each member's
-model(normalize(batch)) alone; `ensemble` is what ensemble.py runs: loader, loop.evaluate (softmax,
+model(normalize(batch)) alone; `ensemble` is what ensemble.py runs: loader, evaluation.evaluate (softmax,
 gather_for_metrics), then every vote, the oracle, disagreement, confusion and the printed table.
 Each timing is the best of --repeats.
 """
@@ -82,7 +82,7 @@ def main() -> None:
         members.append(member)
         bare_total += bare
         eval_total += evaluated
-        print(f"{arch:<18} bare forward {bare:7.2f} s | through loop.evaluate {evaluated:7.2f} s "
+        print(f"{arch:<18} bare forward {bare:7.2f} s | through evaluate {evaluated:7.2f} s "
               f"({evaluated / bare - 1:+.1%})")
     stacked = {s: torch.stack(v) for s, v in probs.items()}
     labels = {s: splits[s].labels for s in splits}

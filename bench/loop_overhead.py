@@ -27,7 +27,8 @@ from torch import nn
 from measure import CpuClock, Spread, environment_header, interleave, ratio
 
 from cifar10_levels.cli import recipe_from_args, train_parser
-from cifar10_levels.loop import RunOptions, build_optimizer, train_one_epoch
+from cifar10_levels.optim import build_optimizer
+from cifar10_levels.options import RunOptions
 from cifar10_levels.models import set_train_mode
 from cifar10_levels.recipes import Phase
 from cifar10_levels.trainer import Trainer
@@ -46,14 +47,16 @@ def build_trainer(train_argv: list[str], output_dir: Path) -> Trainer:
 
 
 def timed_epoch_of_ours(trainer: Trainer, phase: Phase):
-    """One call of the real train_one_epoch on the prepared loader; returns (images, seconds)."""
+    """One call of the real train_one_epoch (through Trainer.train_epoch) on the prepared loader;
+    returns (images, seconds)."""
     epochs = iter(range(10**9))
 
     def run() -> tuple[int, float]:
         set_train_mode(trainer.model, phase.train_backbone)
         trainer.prepared_train.set_epoch(next(epochs))
+        trainer.state.step = 0
         start = time.perf_counter()
-        stats = train_one_epoch(trainer, phase, trainer.prepared_train, 0)
+        stats = trainer.train_epoch(phase, trainer.prepared_train)
         return stats.images, time.perf_counter() - start
 
     return run
@@ -63,7 +66,7 @@ class TimedAugment:
     """Wraps the trainer's augmentation and adds up the wall time spent in it (inside the loop)."""
 
     def __init__(self, augment):
-        self.augment, self.mixup = augment, augment.mixup
+        self.augment = augment
         self.seconds, self.calls = 0.0, 0
 
     def __call__(self, images, labels, mix):
@@ -88,14 +91,14 @@ class FixedBatch:
     """Stands in for the level's augmentation: the same pre-normalized batch every step, so a round
     times the loop's own machinery (DataLoader, Accelerate, metrics, checks) without the augmentation."""
 
-    mixup = None
-
     def __init__(self, trainer: Trainer):
         with torch.no_grad():
             self.batch = trainer.normalize(trainer.data.train.images[:trainer.recipe.batch_size])
+        self.num_classes = len(trainer.data.class_names)
 
     def __call__(self, images, labels, mix):
-        return self.batch, labels
+        # a mixing phase's loss takes soft targets, as Mixup/CutMix would give it
+        return self.batch, nn.functional.one_hot(labels, self.num_classes).float() if mix else labels
 
 
 def timed_epoch_of_bare_loop(trainer: Trainer, phase: Phase, batches: int):

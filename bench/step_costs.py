@@ -1,7 +1,7 @@
 """Per-step costs behind the loop's design choices, in ms per call on this machine.
 
 Four groups, each printed as median (min-max) over interleaved rounds:
-- the optimizer step: AdamW per-tensor (torch's CPU default), foreach, and fused (what loop.py uses);
+- the optimizer step: AdamW per-tensor (torch's CPU default), foreach, and fused (what optim.py uses);
 - the batch gather from the in-memory uint8 set: `images[index]` vs `index_select` (what data.py uses);
 - level 1's augmentation on a uint8 batch, piece by piece and whole (`augment.TrainAugment`);
 - level 2's on top of it: RandAugment per image (`randaugment.py`) against torchvision's

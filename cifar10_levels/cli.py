@@ -165,7 +165,7 @@ def augment_from_args(augment, args: argparse.Namespace):
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
-    from .loop import RunOptions
+    from .options import RunOptions
 
     opts = RunOptions(
         output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,
@@ -182,7 +182,7 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.push_to_hub:
         from .export import check_push_ready
         hub_token = check_push_ready(args.push_to_hub)
-    from .loop import Stopped
+    from .step_hooks import Stopped
     from .trainer import Trainer
 
     try:

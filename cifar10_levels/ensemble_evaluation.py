@@ -15,7 +15,7 @@ from .data import ImageSet, make_loader
 from .ensemble_cache import EvalSetting, cache_path, load_cached, save_cached
 from .ensemble_members import Member
 from .errors import UserError
-from .loop import evaluate
+from .evaluation import evaluate
 
 
 @dataclass

@@ -1,171 +1,16 @@
-"""Train and evaluate with Accelerate: a plain PyTorch loop, phase by phase."""
+"""The training loop: one epoch of plain PyTorch, wrapped by Accelerate."""
 from __future__ import annotations
 
-import math
-import signal
 import time
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .augment import Normalizer, tta_views
-from .errors import UserError
-from .recipes import Phase, Recipe
-
-LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
-STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
-
-
-class Diverged(UserError):
-    """Losses stayed non-finite: stop, keep the best checkpoint so far."""
-
-
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived: state was saved, the run can be resumed."""
-
-
-@dataclass
-class RunOptions:
-    """Everything about a run that is not the recipe."""
-
-    output_dir: Path = Path("ckpts")
-    dataset: str | None = None
-    train_limit: int | None = None
-    eval_limit: int | None = None
-    pretrained_file: str | None = None
-    resume: bool = False
-    overwrite: bool = False                # replace the run already in the run directory
-    mixed_precision: str | None = None     # None: precision.default_precision
-    grad_accum: int = 1
-    lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)
-    compile: bool = False
-    channels_last: bool | None = None      # None: on for CUDA
-    max_nonfinite: int = 20                # consecutive non-finite losses before stopping
-    report_to: str = "wandb"
-    wandb_project: str = "cifar10-levels"
-    wandb_entity: str | None = None
-    run_name: str | None = None
-    log_checkpoint: bool = False
-    progress: bool = True
-
-
-@dataclass
-class TrainState:
-    """Where a run is; saved beside Accelerate's state so --resume continues it."""
-
-    phase: int = 0
-    epoch: int = 0                # epoch within the phase
-    step: int = 0                 # batches done within that epoch
-    global_step: int = 0
-    epochs_done: int = 0
-    best_val_acc: float = -1.0
-    best_epoch: int = -1
-    nonfinite: int = 0
-    train_seconds: float = 0.0
-    history: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class EvalResult:
-    loss: float                   # cross-entropy of the identity view
-    acc: float
-    probs: torch.Tensor           # (N, C) mean softmax over the views, every sample once
-    labels: torch.Tensor
-    plain_probs: torch.Tensor     # (N, C) softmax of the identity view alone
-
-    @property
-    def preds(self) -> torch.Tensor:
-        return self.probs.argmax(1)
-
-    @property
-    def plain_acc(self) -> float:
-        return (self.plain_probs.argmax(1) == self.labels).float().mean().item()
-
-    def plain(self) -> "EvalResult":
-        """The identity view's result, without evaluating again."""
-        return EvalResult(self.loss, self.plain_acc, self.plain_probs, self.labels, self.plain_probs)
-
-
-def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> float:
-    return lr * global_batch / recipe.batch_size if scaling == "linear" else lr
-
-
-def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
-        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size)
-    # fused: one kernel for every tensor; on a CPU ~4x faster than the per-tensor default
-    # (bench/step_costs.py), on CUDA the fastest too; same update rule
-    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=True)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
-    """Per-step cosine (or linear) decay within a phase, after an optional linear warmup."""
-    warmup = min(recipe.warmup_steps, max(total_steps - 1, 0))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def dominant_label(targets: torch.Tensor) -> torch.Tensor:
-    return targets.argmax(1) if targets.ndim == 2 else targets
-
-
-@torch.inference_mode()
-def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: int = 1,
-             autocast: Callable[[], AbstractContextManager] = nullcontext) -> EvalResult:
-    """Mean softmax over `tta` views; every sample counted exactly once across processes."""
-    model.eval()
-    probs, labels, plain_logits = [], [], []
-    for images, target in loader:
-        views = tta_views(images, max(tta, 1))
-        with autocast():
-            logits = [model(normalize(v)).float() for v in views]
-        mean = torch.stack([lg.softmax(1) for lg in logits]).mean(0)
-        p, lg, t = accelerator.gather_for_metrics((mean, logits[0], target))
-        probs.append(p.cpu()), plain_logits.append(lg.cpu()), labels.append(t.cpu())
-    probs_t, labels_t, plain_t = torch.cat(probs), torch.cat(labels), torch.cat(plain_logits)
-    loss = nn.functional.cross_entropy(plain_t, labels_t).item()
-    return EvalResult(loss=loss, acc=(probs_t.argmax(1) == labels_t).float().mean().item(),
-                      probs=probs_t, labels=labels_t, plain_probs=plain_t.softmax(1))
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class StopFlag:
-    """SIGTERM/SIGINT set Accelerate's trigger; every process sees it at the next check."""
-
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
-        self.previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.accelerator.set_trigger()
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def requested(self) -> bool:
-        return self.accelerator.check_trigger()
+from .augment import TrainAugment
+from .precision import Amp
+from .step_hooks import StepHooks
 
 
 @dataclass
@@ -176,69 +21,51 @@ class EpochStats:
     seconds: float
 
 
+def dominant_label(targets: torch.Tensor) -> torch.Tensor:
+    return targets.argmax(1) if targets.ndim == 2 else targets
+
+
 def nonfinite_on_any_process(accelerator, loss: torch.Tensor) -> bool:
     """Every process skips together: one rank skipping DDP's backward would hang the others."""
     flag = torch.isfinite(loss.detach()).logical_not().float()
     return accelerator.reduce(flag, reduction="sum").item() > 0
 
 
-def train_one_epoch(run, phase: Phase, loader, skip: int) -> EpochStats:
-    """One pass over the (sharded) training loader. `run` is a Trainer holding the parts."""
-    acc_ = run.accelerator
-    model, optimizer, scheduler = run.model, run.optimizer, run.scheduler
-    mixing = phase.mix and run.augment.mixup is not None
-    loss_fn = run.soft_loss if mixing else run.hard_loss
-    device = acc_.device
+def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
+                    augment: TrainAugment, mix: bool, loss_fn: Callable, amp: Amp,
+                    hooks: StepHooks) -> EpochStats:
+    """One pass over the (sharded) training loader: batch -> augment -> forward -> loss -> backward
+    -> step -> log. `mix`: Mixup/CutMix on (then `loss_fn` takes soft targets)."""
+    device = accelerator.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
     start = time.perf_counter()
-    state = run.state
-    amp = run.amp
-    scaled = amp.scaler is not None
-    streak = torch.tensor(float(state.nonfinite), device=device)  # non-finite losses in a row
-    bar = run.progress_bar(len(loader) + skip, initial=skip, desc=f"{phase.name} ep {state.epoch + 1}")
-    for i, (images, labels) in enumerate(loader, start=skip):
-        with acc_.accumulate(model):
-            x, targets = run.augment(images, labels, mixing)
+    hooks.start_epoch(len(loader))
+    for images, labels in loader:
+        with accelerator.accumulate(model):
+            inputs, targets = augment(images, labels, mix)
             with amp.autocast():
-                logits = model(x)
+                logits = model(inputs)
             loss = loss_fn(logits.float(), targets)
-            streak = (streak + 1) * torch.isfinite(loss.detach()).logical_not()
             # fp16's GradScaler skips non-finite steps by itself, so only the other precisions
             # pay a device sync to skip them (NaN gradients would ruin the weights)
-            if scaled or not nonfinite_on_any_process(acc_, loss):
-                acc_.backward(loss)
+            if amp.scaler is not None or not nonfinite_on_any_process(accelerator, loss):
+                accelerator.backward(loss)
                 optimizer.step()
             # a skipped step still advances the schedule, which follows the batch count and ends with
             # the phase; after a scaler skip Accelerate holds it back only for optimizers without
             # fused scaling (the fast recipe's Muon/SGD): fused AdamW skips inside its kernel
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        n = labels.shape[0]
-        seen += n
-        loss_sum += loss.detach() * n
+        seen += labels.shape[0]
+        loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.argmax(1) == dominant_label(targets)).sum()
-        state.step = i + 1
-        state.global_step += 1
-        if not scaled or state.global_step % STOP_CHECK_EVERY == 0:
-            run.check_divergence(phase, streak, loss)
-        if bar is not None:
-            bar.update(1)
-        if state.global_step % LOG_EVERY == 0:
-            elapsed = time.perf_counter() - start
-            run.log_step(loss.item(), scheduler.get_last_lr()[0], seen * acc_.num_processes / elapsed)
-        if i == skip + 10:
-            run.warn_if_slow((time.perf_counter() - start) / 11)
-        if state.global_step % STOP_CHECK_EVERY == 0 and run.stop.requested():
-            run.save_state()
-            raise Stopped
-    if bar is not None:
-        bar.close()
-    run.check_divergence(phase, streak, loss)
+        hooks.after_step(loss, scheduler.get_last_lr()[0], seen)
+    hooks.end_epoch(loss)
     seconds = time.perf_counter() - start
-    totals = acc_.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
-                         reduction="sum")
+    totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
+                                reduction="sum")
     total_seen = max(totals[2].item(), 1.0)
     return EpochStats(loss=totals[0].item() / total_seen, acc=totals[1].item() / total_seen,
                       images=int(total_seen), seconds=seconds)

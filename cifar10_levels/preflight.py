@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .errors import UserError
-from .loop import RunOptions
+from .options import RunOptions
 from .recipes import MAX_IMG_SIZE, MIN_IMG_SIZE, Recipe
 
 CIFAR10_TRAIN_IMAGES = 45_000   # the train split less the 10% validation split
@@ -60,9 +60,8 @@ def img_size_problem(recipe: Recipe) -> str | None:
 
 def batch_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     problems = []
-    batch, policy = recipe.batch_size, recipe.augment
-    mixing = [p.name for p in recipe.phases
-              if p.mix and p.epochs > 0 and (policy.mixup_alpha > 0 or policy.cutmix_alpha > 0)]
+    batch = recipe.batch_size
+    mixing = [p.name for p in recipe.phases if p.epochs > 0 and recipe.mixes(p)]
     if mixing and batch % 2:
         problems.append(f"--batch-size {batch}: Mixup/CutMix (phase '{mixing[0]}') pairs images, so "
                         f"the batch must be even; use {batch - 1} or {batch + 1}, or turn mixing off "

@@ -64,6 +64,10 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def mixes(self, phase: Phase) -> bool:
+        """Whether Mixup/CutMix runs in `phase`: the phase asks for it and the policy has an alpha."""
+        return phase.mix and (self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0)
+
 
 def _two_phases(p2_epochs: int, p2_lr: float, mix: bool = False) -> tuple[Phase, ...]:
     return (

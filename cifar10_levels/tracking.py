@@ -24,16 +24,17 @@ EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss
                  "val_acc": "val/acc", "lr": "train/epoch_lr", "images_per_s": "train/epoch_images_per_s",
                  "epoch_seconds": "time/epoch_seconds", "elapsed_seconds": "time/elapsed_seconds"}
 SUMMARY_KEYS = {"test_acc": "test/acc", "test_acc_tta": "test/acc_tta", "test_loss": "test/loss",
+                "test_nll": "test/nll", "test_ece": "test/ece",
                 "best_val_acc": "best_val_acc", "best_epoch": "best_epoch", "num_params": "num_params",
                 "train_seconds": "train_seconds", "images_per_s": "images_per_s"}
 
 
 def run_config(trainer) -> dict:
-    acc, opts, data = trainer.accelerator, trainer.opts, trainer.data
+    accelerator, opts, data = trainer.accelerator, trainer.opts, trainer.data
     return {
         "recipe": trainer.recipe.to_dict(),
-        "hardware": {"device": hardware_name(acc), "num_processes": acc.num_processes,
-                     "precision": acc.mixed_precision, "cuda": torch.version.cuda,
+        "hardware": {"device": hardware_name(accelerator), "num_processes": accelerator.num_processes,
+                     "precision": accelerator.mixed_precision, "cuda": torch.version.cuda,
                      "cpu_count": os.cpu_count(), "global_batch": trainer.global_batch,
                      "grad_accum": opts.grad_accum, "lr_scaling": opts.lr_scaling,
                      "compile": opts.compile, "channels_last": trainer.channels_last},
@@ -61,8 +62,7 @@ class RunLog:
         self.accelerator = trainer.accelerator
         self.run_dir: Path = trainer.run_dir
         recipe = trainer.recipe
-        mixing = recipe.augment.mixup_alpha > 0 or recipe.augment.cutmix_alpha > 0
-        self.mixing_phases = frozenset(p.name for p in recipe.phases if p.mix and mixing)
+        self.mixing_phases = frozenset(p.name for p in recipe.phases if recipe.mixes(p))
 
     @property
     def main(self) -> bool:
@@ -79,8 +79,8 @@ class RunLog:
         return f"{self.run_name}: level {r.level} {r.title}, {r.arch} @ {r.img_size}px"
 
     def start(self) -> None:
-        acc, opts, recipe = self.accelerator, self.trainer.opts, self.trainer.recipe
-        if not (self.main and acc.log_with):
+        accelerator, opts, recipe = self.accelerator, self.trainer.opts, self.trainer.recipe
+        if not (self.main and accelerator.log_with):
             return
         wandb_kwargs = None
         if "wandb" in tracker_names(opts.report_to):
@@ -93,14 +93,20 @@ class RunLog:
                     "pretrained" if recipe.pretrained else "from-scratch"]
             wandb_kwargs = wandb_init_kwargs(self.run_name, self.run_dir, mode, opts.wandb_entity,
                                              f"level-{recipe.level}", tags, "train", run_id)
-        start_trackers(acc, opts.wandb_project, run_config(self.trainer), wandb_kwargs)
-        run = wandb_run(acc)
+        start_trackers(accelerator, opts.wandb_project, run_config(self.trainer), wandb_kwargs)
+        run = wandb_run(accelerator)
         if run is not None:
             write_text(self.run_dir / "wandb_run_id", run.id)
             run.define_metric("epoch")
             for name in ("train/loss", "train/acc", "val/*", "train/epoch_*", "time/*", "phase"):
                 run.define_metric(name, step_metric="epoch")
             run.define_metric("val/acc", step_metric="epoch", summary="max")
+
+    @property
+    def wandb_url(self) -> str | None:
+        """The W&B run's page, for results.json and the model card; None offline or without W&B."""
+        run = wandb_run(self.accelerator) if self.main else None
+        return None if run is None or run.offline else run.url
 
     def step(self, metrics: dict, step: int) -> None:
         self.accelerator.log(metrics, step=step)
@@ -127,13 +133,13 @@ class RunLog:
         plot_per_class(results["per_class_acc"], results["test_acc"], self.run_dir / "per_class.png",
                        f"{self.run_name}: per-class {shown}")
         summary = {key: results[k] for k, key in SUMMARY_KEYS.items() if results.get(k) is not None}
-        acc, step = self.accelerator, self.trainer.state.global_step
-        acc.log({k: v for k, v in summary.items() if k.startswith("test/")}, step=step)
-        for tracker in acc.trackers:
+        accelerator, step = self.accelerator, self.trainer.state.global_step
+        accelerator.log({k: v for k, v in summary.items() if k.startswith("test/")}, step=step)
+        for tracker in accelerator.trackers:
             if tracker.name == "tensorboard":  # W&B gets a table and a bar chart instead
                 tracker.log({f"test/class_acc/{n}": a for n, a in results["per_class_acc"].items()},
                             step=step)
-        run = wandb_run(acc)
+        run = wandb_run(accelerator)
         if run is not None:
             self._log_wandb_results(run, results, test, data, matrix)
             run.summary.update(summary)

@@ -163,7 +163,7 @@ class FlipInvariantModel(torch.nn.Module):
 
 def _evaluate(acc, model, images, labels, tta):
     from cifar10_levels.data import ImageSet, make_loader
-    from cifar10_levels.loop import evaluate
+    from cifar10_levels.evaluation import evaluate
 
     loader = acc.prepare(make_loader(ImageSet(images, labels), 50, train=False, seed=0))
     return evaluate(acc, model, loader, NORM, tta)

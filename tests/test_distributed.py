@@ -127,7 +127,7 @@ def test_processes_that_do_not_join_one_group_are_refused(tiny_cifar, tmp_path):
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
-# ---- the Trainer and loop.evaluate in 1, 2 and 3 processes -------------------------------------
+# ---- the Trainer and evaluation.evaluate in 1, 2 and 3 processes -------------------------------------
 
 @pytest.fixture(scope="module")
 def checks(tiny_cifar, tmp_path_factory):
@@ -198,7 +198,7 @@ def test_linear_lr_scaling_follows_the_global_batch(checks):
 
 
 def test_scaled_lr():
-    from cifar10_levels.loop import scaled_lr
+    from cifar10_levels.optim import scaled_lr
     from cifar10_levels.recipes import get_recipe
 
     recipe = get_recipe("1").with_overrides(batch_size=32)

@@ -9,7 +9,7 @@ import torch
 
 from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from cifar10_levels.data import load_cifar10
-from cifar10_levels.loop import default_precision
+from cifar10_levels.precision import default_precision
 from cifar10_levels.models import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.speednet import SpeedNet, whitening_filters

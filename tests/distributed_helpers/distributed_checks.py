@@ -1,9 +1,9 @@
-"""Test-only: the Trainer and loop.evaluate in 1, 2 or 3 real gloo processes on CPU.
+"""Test-only: the Trainer and evaluation.evaluate in 1, 2 or 3 real gloo processes on CPU.
 
     python distributed_checks.py DATASET OUT                                   # one process
     ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node N distributed_checks.py DATASET OUT
 
-Writes OUT/eval-{N}.json (what loop.evaluate gathered on 1,001 samples) and, for the runs in RUNS
+Writes OUT/eval-{N}.json (what evaluation.evaluate gathered on 1,001 samples) and, for the runs in RUNS
 with N processes, OUT/{run}/L{level}-{arch}/last.safetensors.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from cifar10_levels.loop import RunOptions  # noqa: E402
+from cifar10_levels.options import RunOptions  # noqa: E402
 from cifar10_levels.recipes import Augment, Phase, Recipe  # noqa: E402
 
 EVAL_SAMPLES = 1001
@@ -53,13 +53,13 @@ def train(dataset: str, out: str, batch_size: int, grad_accum: int, lr: float, s
 
 
 def evaluate_split(out: str) -> None:
-    """loop.evaluate on 1,001 samples; the main process writes what it gathered."""
+    """evaluation.evaluate on 1,001 samples; the main process writes what it gathered."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     from cifar10_levels.augment import Normalizer
     from cifar10_levels.data import ImageSet, make_loader
-    from cifar10_levels.loop import evaluate
+    from cifar10_levels.evaluation import evaluate
     from cifar10_levels.models import create_model
 
     torch.set_num_threads(1)

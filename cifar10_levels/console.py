@@ -1,0 +1,48 @@
+"""What a run prints: durations, the progress bar, the slow-run warning and the epoch line."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_bar(shown: bool, total: int, initial: int, desc: str):
+    """A tqdm bar on stderr, or None when not `shown`."""
+    if not shown:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+class SlowRunWarning:
+    """Once per run: when the first steps say the whole recipe takes over two hours, say so."""
+
+    LIMIT_SECONDS = 2 * 3600
+
+    def __init__(self, total_steps: int, device_name: str, print_fn: Callable[[str], None]):
+        self.total_steps, self.device_name, self.print = total_steps, device_name, print_fn
+        self.warned = False
+
+    def __call__(self, seconds_per_step: float) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        estimate = seconds_per_step * self.total_steps
+        if estimate > self.LIMIT_SECONDS:
+            self.print(f"warning: this recipe will take about {format_duration(estimate)} on "
+                       f"{self.device_name}; for a quick run try --level fast, or "
+                       "--arch resnet18 --img-size 32 --no-pretrained --epochs 0 3")
+
+
+def epoch_line(record: dict, total_epochs: int, mixing: bool, improved: bool, eta: float) -> str:
+    train_name = "train acc (dominant label, Mixup/CutMix on)" if mixing else "train acc"
+    return (f"epoch {record['epoch']}/{total_epochs} [{record['phase']}] train loss "
+            f"{record['train_loss']:.4f} {train_name} {record['train_acc']:.2%} | val loss "
+            f"{record['val_loss']:.4f} acc {record['val_acc']:.2%}{' *' if improved else ''} | lr "
+            f"{record['lr']:.2e} | {record['images_per_s']:.0f} img/s | elapsed "
+            f"{format_duration(record['elapsed_seconds'])} ETA {format_duration(eta)}")

@@ -1,0 +1,35 @@
+"""The optimizer and learning-rate schedule of a phase."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .recipes import Recipe
+
+
+def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> float:
+    return lr * global_batch / recipe.batch_size if scaling == "linear" else lr
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
+        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size)
+    # fused: one kernel for every tensor; on a CPU ~4x faster than the per-tensor default
+    # (bench/step_costs.py), on CUDA the fastest too; same update rule
+    return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=True)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    """Per-step cosine (or linear) decay within a phase, after an optional linear warmup."""
+    warmup = min(recipe.warmup_steps, max(total_steps - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
