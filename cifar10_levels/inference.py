@@ -8,7 +8,7 @@ if TYPE_CHECKING:
 
     from .checkpoint_meta import CheckpointMeta
     from .data import ImageSet
-    from .loop import EvalResult
+    from .evaluation import EvalResult
 
 
 def make_accelerator():
@@ -26,7 +26,7 @@ def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, ima
 
     from .augment import Normalizer
     from .data import make_loader
-    from .loop import evaluate
+    from .evaluation import evaluate
 
     channels_last = accelerator.device.type == "cuda"
     model = model.to(accelerator.device)

@@ -56,12 +56,14 @@ def write_split(path: Path, images: np.ndarray, labels: np.ndarray, mode: str = 
     ds.to_parquet(str(path))
 
 
-def make_dataset(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0) -> Path:
+def make_dataset(root: Path, n_train: int = 400, n_test: int = 100, seed: int = 0,
+                 images=make_images) -> Path:
+    """Train and test splits in the hub layout, `images(labels, rng)` drawing each split's pixels."""
     rng = np.random.RandomState(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         labels = np.arange(n) % 10
         write_split(root / "plain_text" / f"{split}-00000-of-00001.parquet",
-                    make_images(labels, rng), labels)
+                    images(labels, rng), labels)
     return root
 
 
@@ -97,12 +99,7 @@ def make_structured_images(labels: np.ndarray, rng: np.random.RandomState, size:
 
 
 def make_structured_dataset(root: Path, n_train: int = 500, n_test: int = 200, seed: int = 0) -> Path:
-    rng = np.random.RandomState(seed)
-    for split, n in (("train", n_train), ("test", n_test)):
-        labels = np.arange(n) % 10
-        write_split(root / "plain_text" / f"{split}-00000-of-00001.parquet",
-                    make_structured_images(labels, rng), labels)
-    return root
+    return make_dataset(root, n_train, n_test, seed, images=make_structured_images)
 
 
 @pytest.fixture(scope="session")

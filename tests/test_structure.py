@@ -102,3 +102,26 @@ def test_ensemble_help_and_report_answer_without_importing_torch():
             "import cifar10_levels.report; ensemble_parser().format_help(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_every_import_of_a_package_name_finds_it():
+    """Lazy imports inside functions run only when their path does: a name moved to another module
+    must not leave one behind (a predict run once failed on `from .loop import evaluate`)."""
+    import importlib
+
+    missing = []
+    for path in [*PACKAGE.glob("*.py"), *(ROOT / "bench").glob("*.py"), *(ROOT / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1 and path.parent == PACKAGE:
+                module = f"{PACKAGE.name}.{node.module}" if node.module else PACKAGE.name
+            elif node.level == 0 and (node.module or "").startswith(PACKAGE.name):
+                module = node.module
+            else:
+                continue
+            loaded = importlib.import_module(module)
+            missing += [f"{path.relative_to(ROOT)}:{node.lineno} {module}.{alias.name}"
+                        for alias in node.names if not hasattr(loaded, alias.name)
+                        and importlib.util.find_spec(f"{module}.{alias.name}") is None]
+    assert not missing, missing
