@@ -77,7 +77,7 @@ def batch_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
 
 def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     """The dataset and the pretrained weights: local, cached or on a reachable Hub."""
-    from .data import dataset_problem
+    from .dataset_checks import dataset_problem
     from .hub import hub_reachable
     from .models import known_arch, pretrained_weights_problem
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from timm.models import get_pretrained_cfg
 
-from cifar10_levels.data import dataset_problem, load_cifar10
+from cifar10_levels.data import load_cifar10
+from cifar10_levels.dataset_checks import dataset_problem
 
 from conftest import run_cli
 
