@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.img_size is not None and not MIN_IMG_SIZE <= args.img_size <= MAX_IMG_SIZE:
         raise UserError(f"--img-size {args.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
     import torch
-    from accelerate import Accelerator
 
     from . import voting
     from .augment import TTA_VIEWS
@@ -92,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from .ensemble_tracking import log_report
     from .ensemble_votes import build_report
     from .hardware import hardware_name
+    from .inference import make_accelerator
 
     tta = max(args.tta, 1)
     if tta > len(TTA_VIEWS):
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(members) > 1 and output_dir.exists():
         ensure_writable_dir(output_dir)  # fail before the evaluation, but create nothing yet
 
-    accelerator = Accelerator(mixed_precision="fp16" if torch.cuda.is_available() else "no")
+    accelerator = make_accelerator()
     data = load_cifar10(args.dataset, None, args.eval_limit)
     if data.class_names != members[0].meta.class_names:
         raise UserError(f"--dataset {data.source}: classes {data.class_names[:4]}... differ from the "

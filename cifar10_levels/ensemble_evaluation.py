@@ -9,13 +9,12 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from .augment import Normalizer
 from .checkpoint import load_checkpoint
-from .data import ImageSet, make_loader
+from .data import ImageSet
 from .ensemble_cache import EvalSetting, cache_path, load_cached, save_cached
 from .ensemble_members import Member
 from .errors import UserError
-from .evaluation import evaluate
+from .inference import model_probabilities
 
 
 @dataclass
@@ -27,13 +26,9 @@ class MemberEval:
 
 def evaluate_member(accelerator: Accelerator, model: nn.Module, member: Member, images: ImageSet,
                     tta: int, batch_size: int) -> torch.Tensor:
-    """Mean softmax over the TTA views, at the member's own size and normalization."""
-    channels_last = accelerator.device.type == "cuda"
-    normalize = Normalizer(member.eval_img_size, tuple(member.meta.mean), tuple(member.meta.std),
-                           channels_last)
-    loader = accelerator.prepare_data_loader(make_loader(images, batch_size, False, 0))
-    with accelerator.autocast():
-        return evaluate(accelerator, model, loader, normalize, tta).probs.float()
+    """Mean softmax over the TTA views, at the member's evaluation size and its normalization."""
+    return model_probabilities(accelerator, model, member.meta, images, tta, batch_size,
+                               img_size=member.eval_img_size).probs.float()
 
 
 def evaluate_members(accelerator: Accelerator, members: list[Member], splits: dict[str, ImageSet],

@@ -19,9 +19,9 @@ def make_accelerator():
 
 
 def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, images: ImageSet,
-                        tta: int = 1, batch_size: int = 256) -> EvalResult:
-    """loop.evaluate with the model's own size and normalization: 32 px views (augment.tta_views),
-    then augment.Normalizer's resize to meta.img_size, as in training."""
+                        tta: int = 1, batch_size: int = 256, img_size: int | None = None) -> EvalResult:
+    """evaluation.evaluate with the model's own normalization: 32 px views (augment.tta_views), then
+    augment.Normalizer's resize to meta.img_size (or `img_size`), as in training."""
     import torch
 
     from .augment import Normalizer
@@ -32,7 +32,7 @@ def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, ima
     model = model.to(accelerator.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    normalize = Normalizer(meta.img_size, tuple(meta.mean), tuple(meta.std), channels_last)
+    normalize = Normalizer(img_size or meta.img_size, tuple(meta.mean), tuple(meta.std), channels_last)
     loader = accelerator.prepare_data_loader(make_loader(images, batch_size, False, 0))
     with accelerator.autocast():
         return evaluate(accelerator, model, loader, normalize, max(tta, 1))
