@@ -5,6 +5,7 @@ and uses the same calls as train.py under FSDP: the full state dict Accelerate's
 gathers for FSDP2, our save_checkpoint/load_checkpoint, and load_full_state_dict (load_best).
 """
 import sys
+from pathlib import Path
 
 import timm
 import torch
@@ -14,8 +15,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from cifar10_levels.models import clean_state_dict, load_full_state_dict
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's package, installed or not
+
+from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
+from cifar10_levels.models import clean_state_dict, load_full_state_dict  # noqa: E402
 
 
 def sharded_model(seed: int) -> torch.nn.Module:
