@@ -14,7 +14,7 @@ CIFAR10_TRAIN_IMAGES = 45_000   # the train split less the 10% validation split
 
 def preflight(recipe: Recipe, opts: RunOptions) -> None:
     """Raise one UserError listing every problem found (one line each); return if there are none."""
-    problems = [p for p in (*recipe_problems(recipe), *batch_problems(recipe, opts),
+    problems = [p for p in (*recipe_problems(recipe), ema_problem(recipe), *batch_problems(recipe, opts),
                             *source_problems(recipe, opts), *output_problems(recipe, opts)) if p]
     if len(problems) == 1:
         raise UserError(problems[0])
@@ -39,6 +39,14 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
     if not problems:
         problems.append(img_size_problem(recipe))
     return problems
+
+
+def ema_problem(recipe: Recipe) -> str | None:
+    """FSDP shards the weights that ModelEmaV3 copies whole: refused rather than half supported."""
+    if recipe.ema_decay and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return ("--ema: not supported under FSDP (timm's ModelEmaV3 needs the whole model on every "
+                "process); drop --ema, or launch with DDP (accelerate_configs/multi_gpu.yaml)")
+    return None
 
 
 def img_size_problem(recipe: Recipe) -> str | None:
