@@ -7,7 +7,6 @@ from pathlib import Path
 from torch import nn
 
 from .augment import Normalizer
-from .errors import UserError
 from .evaluation import EvalResult, evaluate
 from .precision import Amp
 
@@ -55,14 +54,18 @@ class WeightEma:
         self.module.load_state_dict(state["weights"])
 
 
-def make_ema(accelerator, model: nn.Module, decay: float, state_dir: Path | None,
-             resume: bool) -> WeightEma | None:
+def resume_problem(state_dir: Path | None) -> str | None:
+    """--ema --resume of a run saved without an EMA: nothing to restore it from."""
+    if state_dir is not None and not (state_dir / EMA_STATE_FILE).is_file():
+        return (f"--ema: the run saved in {state_dir.parent} was trained without --ema; resume it "
+                "without --ema, or start a new run")
+    return None
+
+
+def make_ema(accelerator, model: nn.Module, decay: float) -> WeightEma | None:
     """The run's EMA (None when `decay` is 0), registered with Accelerate's save_state/load_state."""
     if not decay:
         return None
-    if resume and state_dir is not None and not (state_dir / EMA_STATE_FILE).is_file():
-        raise UserError(f"--ema: the run saved in {state_dir.parent} was trained without --ema; "
-                        "resume it without --ema, or start a new run")
     ema = WeightEma(model.to(accelerator.device), decay)  # prepare() would move the model there anyway
     accelerator.register_for_checkpointing(ema)
     return ema

@@ -53,8 +53,7 @@ class Trainer:
         self.channels_last = uses_channels_last(recipe, opts, accelerator.device)
         self.model = self.base_model = ready_model(model, self.data, self.channels_last)
         self.num_params = count_parameters(self.base_model)
-        self.ema = make_ema(accelerator, self.base_model, recipe.ema_decay, self.store.state_dir,
-                            opts.resume)
+        self.ema = make_ema(accelerator, self.base_model, recipe.ema_decay)
         set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
 
         self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last)
