@@ -73,7 +73,7 @@ def recorded_run(dataset: Path, out: Path, *args: str) -> dict:
         return ema_update(self, model, step)
 
     def recording_finish(self, seconds):
-        seen["trainer"] = self
+        seen["trainer"], seen["tracker_config"] = self, run_config(self)
         return finish(self, seconds)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -128,7 +128,7 @@ def test_no_decay_groups_leave_norms_and_biases_without_weight_decay(accumulated
 def test_the_four_options_are_recorded_in_results_checkpoints_and_the_tracker_config(accumulated):
     expected = {"warmup_epochs": WARMUP_EPOCHS, "ema_decay": 0.5, "decay_norm_bias": False,
                 "clip_grad": CLIP}
-    recorded = [accumulated["results"]["recipe"], run_config(accumulated["trainer"])["recipe"]]
+    recorded = [accumulated["results"]["recipe"], accumulated["tracker_config"]["recipe"]]
     for name in ("best", "last"):
         with safe_open(str(accumulated["run_dir"] / f"{name}.safetensors"), "pt") as f:
             recorded.append(json.loads(f.metadata()["recipe"]))
