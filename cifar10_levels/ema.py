@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .augment import Normalizer
@@ -41,9 +42,13 @@ class WeightEma:
             distribute_bn(self.module, accelerator.num_processes, reduce=False)
 
     def evaluate(self, accelerator, loader, normalize: Normalizer, amp: Amp, tta: int = 1) -> EvalResult:
-        """Synced first, then evaluated in the precision the prepared model runs in."""
+        """Synced first, then evaluated in the precision the prepared model runs in. The RNG states are
+        put back after: each pass over a loader draws a seed from them, and the training augmentation
+        must not see that extra draw (the raw weights train exactly as without --ema)."""
         self.sync_across_processes(accelerator)
-        with accelerator.autocast():
+        device = accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                accelerator.autocast():
             return evaluate(accelerator, self.module, loader, normalize, tta, autocast=amp.autocast)
 
     def state_dict(self) -> dict:
