@@ -204,3 +204,23 @@ def test_flags_reach_the_recipe_and_bad_values_name_the_flag(capsys):
         assert train_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {flag}:") and err.count("\n") == 1, err
+
+
+def test_resume_between_the_phases_restores_the_ema_bit_for_bit(accumulated, tiny_cifar, tmp_path):
+    """Phase 1 alone, then --resume with phase 2 added: the same EMA and weights as the run of both."""
+    from safetensors.torch import load_file
+
+    from cifar10_levels.ema import EMA_STATE_FILE
+
+    run_in_process(tiny_cifar, tmp_path, *ARGS, "--epochs", "1", "0")
+    run_dir, expected_dir = next(tmp_path.glob("*/results.json")).parent, accumulated["run_dir"]
+    assert torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)["updates"] == STEPS_PER_EPOCH
+    run_in_process(tiny_cifar, tmp_path, *ARGS, "--resume")
+    resumed, expected = (torch.load(d / "state" / EMA_STATE_FILE, weights_only=True)
+                         for d in (run_dir, expected_dir))
+    assert resumed["updates"] == expected["updates"] == 2 * STEPS_PER_EPOCH
+    assert all(torch.equal(resumed["weights"][k], v) for k, v in expected["weights"].items())
+    last, expected_last = (load_file(d / "last.safetensors") for d in (run_dir, expected_dir))
+    assert all(torch.equal(last[k], v) for k, v in expected_last.items())
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["final_weights"] == accumulated["results"]["final_weights"]
