@@ -15,6 +15,7 @@ FORMAT = "cifar10-levels/1"
 BEST_NAME = "best.safetensors"      # each run's best epoch, what ensemble.py looks for
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # real headers here are a few hundred KB
 MAX_CLASSES = 1000
+WEIGHTS = ("raw", "ema")
 
 
 @dataclass
@@ -32,6 +33,7 @@ class CheckpointMeta:
     test_acc: float | None = None
     version: str = __version__
     recipe: dict = field(default_factory=dict)
+    weights: str = "raw"          # raw: the trained weights; ema: their moving average (recipe's ema_decay)
 
     def to_header(self) -> dict[str, str]:
         return {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
@@ -79,11 +81,11 @@ def parse_meta(raw: dict[str, str], path: Path, flag: str) -> CheckpointMeta:
           and all(isinstance(n, str) for n in meta.class_names)
           and all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
                   for v in (meta.mean, meta.std)) and all(x > 0 for x in meta.std)
-          and isinstance(meta.val_acc, (int, float)))
+          and isinstance(meta.val_acc, (int, float)) and meta.weights in WEIGHTS)
     if not ok:
         raise UserError(f"{flag} {path}: metadata has wrong types or sizes (arch, img_size "
                         f"{MIN_IMG_SIZE}-{MAX_IMG_SIZE}, num_classes with as many class_names, "
-                        "3 mean/std values)")
+                        "3 mean/std values, weights raw or ema)")
     return meta
 
 

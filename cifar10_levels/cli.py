@@ -23,7 +23,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def levels_table() -> str:
     """What each level sets, from recipes.LEVELS: the values a flag left out keeps."""
     header = ("level", "arch", "px", "phases: epochs at lr", "batch", "optimizer", "wd", "smooth",
-              "tta", "pretrained", "augmentation")
+              "tta", "pretrained", "training", "augmentation")
     rows = [header]
     for name, r in LEVELS.items():
         a = r.augment
@@ -34,9 +34,14 @@ def levels_table() -> str:
                    f"erasing {a.random_erasing:g}" if a.random_erasing else "",
                    f"mixup {a.mixup_alpha:g}" if a.mixup_alpha else "",
                    f"cutmix {a.cutmix_alpha:g}" if a.cutmix_alpha else ""]
+        training = [f"warmup {r.warmup_epochs:g} ep" if r.warmup_epochs else "",
+                    f"ema {r.ema_decay:g}" if r.ema_decay else "",
+                    "" if r.decay_norm_bias else "no-decay-norm-bias",
+                    f"clip {r.clip_grad:g}" if r.clip_grad else ""]
         rows.append((name, r.arch, str(r.img_size), phases, str(r.batch_size), r.optimizer,
                      f"{r.weight_decay:g}", f"{r.label_smoothing:g}", str(r.tta),
-                     "yes" if r.pretrained else "no", ", ".join(x for x in augment if x)))
+                     "yes" if r.pretrained else "no", ",".join(x for x in training if x) or "-",
+                     ", ".join(x for x in augment if x)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     return ("what each level sets (a flag given on the command line replaces that value; phase "
@@ -63,6 +68,18 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
     r.add_argument("--seed", type=non_negative_int, help="initial weights and augmentation (the "
                    "validation split is fixed)")
+    r.add_argument("--warmup-epochs", type=float, metavar="E", help="linear learning-rate warmup over "
+                   "the first E epochs (fractions too) of each phase; 0 = none")
+    r.add_argument("--ema", type=float, metavar="DECAY", help="also keep an exponential moving "
+                   "average of the weights (timm's ModelEmaV3, warmup form, decay at most DECAY, in "
+                   "(0, 1), e.g. 0.999), updated once per optimizer step; each epoch validates it "
+                   "beside the raw weights and the better one becomes best.safetensors")
+    r.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="--no-decay-norm-bias: no weight decay on biases and norm weights (AdamW: "
+                   "timm's param_groups_weight_decay, every 1-d parameter; --level fast: its SGD "
+                   "group of biases and BatchNorm shifts)")
+    r.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' global "
+                   "norm to NORM at each optimizer step (after unscaling under fp16); 0 = off")
     r.add_argument("--no-pretrained", action="store_true",
                    help="random initial weights instead of the level's pretrained ones")
     r.add_argument("--pretrained-file", metavar="FILE",
@@ -135,11 +152,18 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         raise UserError(f"--weight-decay {args.weight_decay}: must be >= 0")
     if args.label_smoothing is not None and not 0 <= args.label_smoothing < 1:
         raise UserError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
+    if args.ema is not None and not 0 < args.ema < 1:
+        raise UserError(f"--ema {args.ema}: the decay must be in (0, 1), e.g. 0.999")
+    for flag, value in (("--clip-grad", args.clip_grad), ("--warmup-epochs", args.warmup_epochs)):
+        if value is not None and not value >= 0:  # `not >=` also refuses nan
+            raise UserError(f"{flag} {value}: must be >= 0 (0 turns it off)")
     return recipe.with_overrides(
         augment=augment_from_args(recipe.augment, args),
         arch=args.arch, img_size=args.img_size, phases=phases, batch_size=args.batch_size,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, tta=args.tta,
-        seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None)
+        seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None,
+        warmup_epochs=args.warmup_epochs, ema_decay=args.ema, decay_norm_bias=args.decay_norm_bias,
+        clip_grad=args.clip_grad)
 
 
 AUGMENT_LIMITS = {"color_jitter": 1.0, "randaugment_magnitude": 30, "random_erasing": 1.0,

@@ -40,9 +40,14 @@ class SlowRunWarning:
 
 
 def epoch_line(record: dict, total_epochs: int, mixing: bool, improved: bool, eta: float) -> str:
+    """`improved`: a new best, marked * after the weights that made it (raw, or EMA when better)."""
     train_name = "train acc (dominant label, Mixup/CutMix on)" if mixing else "train acc"
+    ema_better = record.get("val_acc_ema", -1.0) > record["val_acc"]
+    ema = (f" | EMA val loss {record['val_loss_ema']:.4f} acc {record['val_acc_ema']:.2%}"
+           f"{' *' if improved and ema_better else ''}") if "val_acc_ema" in record else ""
     return (f"epoch {record['epoch']}/{total_epochs} [{record['phase']}] train loss "
             f"{record['train_loss']:.4f} {train_name} {record['train_acc']:.2%} | val loss "
-            f"{record['val_loss']:.4f} acc {record['val_acc']:.2%}{' *' if improved else ''} | lr "
+            f"{record['val_loss']:.4f} acc {record['val_acc']:.2%}"
+            f"{' *' if improved and not ema_better else ''}{ema} | lr "
             f"{record['lr']:.2e} | {record['images_per_s']:.0f} img/s | elapsed "
             f"{format_duration(record['elapsed_seconds'])} ETA {format_duration(eta)}")

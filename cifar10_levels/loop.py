@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .augment import TrainAugment
+from .ema import WeightEma
 from .precision import Amp
 from .step_hooks import StepHooks
 
@@ -33,9 +34,10 @@ def nonfinite_on_any_process(accelerator, loss: torch.Tensor) -> bool:
 
 def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
                     augment: TrainAugment, mix: bool, loss_fn: Callable, amp: Amp,
-                    hooks: StepHooks) -> EpochStats:
+                    hooks: StepHooks, clip_grad: float = 0.0, ema: WeightEma | None = None) -> EpochStats:
     """One pass over the (sharded) training loader: batch -> augment -> forward -> loss -> backward
-    -> step -> log. `mix`: Mixup/CutMix on (then `loss_fn` takes soft targets)."""
+    -> step -> log. `mix`: Mixup/CutMix on (then `loss_fn` takes soft targets). `clip_grad` (> 0) and
+    `ema` act once per optimizer step, on the batch that ends an accumulation."""
     device = accelerator.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
@@ -52,12 +54,17 @@ def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
             # pay a device sync to skip them (NaN gradients would ruin the weights)
             if amp.scaler is not None or not nonfinite_on_any_process(accelerator, loss):
                 accelerator.backward(loss)
+                if clip_grad and accelerator.sync_gradients:
+                    amp.unscale_for_clipping(optimizer)
+                    accelerator.clip_grad_norm_(model.parameters(), clip_grad)
                 optimizer.step()
             # a skipped step still advances the schedule, which follows the batch count and ends with
             # the phase; after a scaler skip Accelerate holds it back only for optimizers without
             # fused scaling (the fast recipe's Muon/SGD): fused AdamW skips inside its kernel
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None and accelerator.sync_gradients:
+                ema.update()
         seen += labels.shape[0]
         loss_sum += loss.detach() * labels.shape[0]
         correct += (logits.argmax(1) == dominant_label(targets)).sum()

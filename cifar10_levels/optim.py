@@ -14,17 +14,28 @@ def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> flo
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW over the trainable parameters; without `decay_norm_bias`, timm's two groups (no decay on
+    1-d parameters: norm weights, biases; nor on the model's own no_weight_decay() names)."""
     if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
-        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size)
+        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size,
+                                      decay_biases=recipe.decay_norm_bias)
+    if recipe.decay_norm_bias:
+        params = [p for p in model.parameters() if p.requires_grad]
+    else:
+        from timm.optim import param_groups_weight_decay
+
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        params = param_groups_weight_decay(model, recipe.weight_decay, no_weight_decay_list=skip)
     # fused: one kernel for every tensor; on a CPU ~4x faster than the per-tensor default
     # (bench/step_costs.py), on CUDA the fastest too; same update rule
     return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
-    """Per-step cosine (or linear) decay within a phase, after an optional linear warmup."""
-    warmup = min(recipe.warmup_steps, max(total_steps - 1, 0))
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int,
+                    steps_per_epoch: float):
+    """Per-step cosine (or linear) decay within a phase, after a linear warmup of the recipe's
+    `warmup_epochs` (in the scheduler's steps, `steps_per_epoch` of them an epoch)."""
+    warmup = min(round(recipe.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
 
     def factor(step: int) -> float:
         if step < warmup:

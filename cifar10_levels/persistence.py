@@ -29,11 +29,12 @@ def on_every_process(accelerator: Accelerator, condition: bool) -> bool:
 
 
 def checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val_acc: float,
-                    test_acc: float | None = None) -> CheckpointMeta:
+                    test_acc: float | None = None, weights: str = "raw") -> CheckpointMeta:
     r = recipe
     return CheckpointMeta(arch=r.arch, level=r.level, img_size=r.img_size, num_classes=len(class_names),
                           class_names=class_names, mean=list(r.mean), std=list(r.std), seed=r.seed,
-                          epoch=epoch, val_acc=val_acc, test_acc=test_acc, recipe=r.to_dict())
+                          epoch=epoch, val_acc=val_acc, test_acc=test_acc, recipe=r.to_dict(),
+                          weights=weights)
 
 
 class RunStore:
@@ -113,7 +114,8 @@ class RunStore:
         if best.exists():  # saved after the state: a kill in between must not let a worse one replace it
             meta = read_meta(best)
             if meta.val_acc > state.best_val_acc:
-                state.best_val_acc, state.best_epoch = meta.val_acc, meta.epoch
+                state.best_val_acc, state.best_epoch, state.best_weights = meta.val_acc, meta.epoch, \
+                    meta.weights
         return state
 
     def save_checkpoint(self, model: nn.Module, name: str, meta: CheckpointMeta) -> None:

@@ -48,6 +48,10 @@ def plot_curves(history: list[dict], path: str | os.PathLike, title: str,
         for split, color, label in (("train", TRAIN_COLOR, train_label), ("val", VAL_COLOR, "val")):
             ax.plot(epochs, [h[f"{split}_{key}"] * scale for h in history], color=color,
                     marker="o", markersize=3, linewidth=1.8, label=label)
+        if any(f"val_{key}_ema" in h for h in history):
+            ax.plot(epochs, [h.get(f"val_{key}_ema", float("nan")) * scale for h in history],
+                    color=VAL_COLOR, linestyle="--", marker="o", markersize=3, linewidth=1.4,
+                    label="val, EMA weights")
         for i, (phase, first, last) in enumerate(_phase_spans(history)):
             ax.axvspan(first - 0.5, last + 0.5, color=PHASE_SHADES[i % 2], zorder=0)
             if i:

@@ -31,6 +31,12 @@ class Amp:
     def autocast(self) -> AbstractContextManager:
         return torch.autocast("cpu", dtype=self.cpu_dtype) if self.cpu_dtype else nullcontext()
 
+    def unscale_for_clipping(self, optimizer) -> None:
+        """Accelerate's clip_grad_norm_ unscales fp16 gradients only with a scaler it made (CUDA), not
+        with the one we hand it on a CPU; the scaler's step then knows they are unscaled."""
+        if self.scaler is not None and self.cpu_dtype == torch.float16:
+            self.scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
+
     @classmethod
     def for_accelerator(cls, accelerator, precision: str) -> "Amp":
         """Call before `prepare`: Accelerate's optimizer wrapper, backward and save_state use its scaler.

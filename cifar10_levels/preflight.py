@@ -14,8 +14,9 @@ CIFAR10_TRAIN_IMAGES = 45_000   # the train split less the 10% validation split
 
 def preflight(recipe: Recipe, opts: RunOptions) -> None:
     """Raise one UserError listing every problem found (one line each); return if there are none."""
-    problems = [p for p in (*recipe_problems(recipe), *batch_problems(recipe, opts),
-                            *source_problems(recipe, opts), *output_problems(recipe, opts)) if p]
+    problems = [p for p in (*recipe_problems(recipe), ema_problem(recipe, opts),
+                            *batch_problems(recipe, opts), *source_problems(recipe, opts),
+                            *output_problems(recipe, opts)) if p]
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:
@@ -39,6 +40,20 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
     if not problems:
         problems.append(img_size_problem(recipe))
     return problems
+
+
+def ema_problem(recipe: Recipe, opts: RunOptions) -> str | None:
+    """FSDP shards the weights that ModelEmaV3 copies whole: refused rather than half supported."""
+    from .ema import resume_problem
+    from .rundir import find_state_dir, run_dir
+
+    if not recipe.ema_decay:
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return ("--ema: not supported under FSDP (timm's ModelEmaV3 needs the whole model on every "
+                "process); drop --ema, or launch with DDP (accelerate_configs/multi_gpu.yaml)")
+    directory = run_dir(opts.output_dir, recipe, opts.run_name)
+    return resume_problem(find_state_dir(directory)) if opts.resume and directory.is_dir() else None
 
 
 def img_size_problem(recipe: Recipe) -> str | None:

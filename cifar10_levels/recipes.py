@@ -50,7 +50,10 @@ class Recipe:
     weight_decay: float = 0.01
     optimizer: str = "adamw"       # adamw | fast (Muon for conv filters + Nesterov SGD)
     schedule: str = "cosine"       # cosine | linear (decay to 0 within each phase)
-    warmup_steps: int = 0
+    warmup_epochs: float = 0.0     # linear warmup at the start of each phase (0 = none)
+    ema_decay: float = 0.0         # EMA of the weights, timm's ModelEmaV3 in its warmup form (0 = off)
+    decay_norm_bias: bool = True   # False: no weight decay on norm weights and biases (timm's groups)
+    clip_grad: float = 0.0         # max gradient norm at each optimizer step (0 = off)
     pretrained: bool = True
     channels_last_cpu: bool = False  # on CUDA always; on a CPU where it measured faster
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -96,7 +99,7 @@ LEVELS: dict[str, Recipe] = {
                    phases=(Phase("full", epochs=4, lr=0.24, train_backbone=True),),
                    augment=Augment(crop_padding=2, flip=True, color_jitter=0.0),
                    label_smoothing=0.2, tta=4, batch_size=2000, weight_decay=0.004,
-                   optimizer="fast", schedule="linear", warmup_steps=0, pretrained=False,
+                   optimizer="fast", schedule="linear", warmup_epochs=0, pretrained=False,
                    channels_last_cpu=True,
                    mean=CIFAR10_MEAN, std=CIFAR10_STD, target=">= 89.5% in 10 min on 2 CPU cores"),
 }

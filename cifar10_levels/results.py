@@ -23,7 +23,7 @@ def run_results(recipe: Recipe, data: CIFAR10, state: TrainState, test: EvalResu
         "level": recipe.level, "arch": recipe.arch, "title": recipe.title,
         "test_acc": test.acc, "test_acc_tta": tta.acc if tta else None,
         "tta_views": recipe.tta if tta else 1, "best_val_acc": state.best_val_acc,
-        "best_epoch": state.best_epoch, "test_loss": test.loss,
+        "best_epoch": state.best_epoch, "best_weights": state.best_weights, "test_loss": test.loss,
         "test_nll": negative_log_likelihood(test.probs, test.labels),
         "test_ece": expected_calibration_error(test.probs, test.labels),
         "per_class_acc": dict(zip(data.class_names, per_class)),
@@ -37,14 +37,27 @@ def run_results(recipe: Recipe, data: CIFAR10, state: TrainState, test: EvalResu
     }
 
 
+def final_weights_text(final: dict) -> str:
+    """The last epoch's raw weights against their EMA, on test."""
+    def accuracy(row: dict) -> str:
+        tta = row["test_acc_tta"]
+        return f"{row['test_acc']:.2%}" + (f" (TTA {tta:.2%})" if tta is not None else "")
+
+    return (f"last epoch ({final['epoch']}) on test: raw weights {accuracy(final['raw'])} | EMA "
+            f"{final['ema_decay']:g} {accuracy(final['ema'])}")
+
+
 def results_text(results: dict, results_file: Path) -> str:
     lines = [f"test accuracy {results['test_acc']:.2%}" + (
         f" | with TTA ({results['tta_views']} views) {results['test_acc_tta']:.2%}"
         if results["test_acc_tta"] is not None else "") +
-        f" | best val {results['best_val_acc']:.2%} (epoch {results['best_epoch']}) | "
+        f" | best val {results['best_val_acc']:.2%} (epoch {results['best_epoch']}"
+        f"{', EMA weights' if results.get('best_weights') == 'ema' else ''}) | "
         f"{format_duration(results['train_seconds'])}, {results['num_params'] / 1e6:.2f}M params",
         f"calibration (plain): test NLL {results['test_nll']:.4f} | ECE {results['test_ece']:.2%} "
         "(15 bins)"]
+    if "final_weights" in results:
+        lines.append(final_weights_text(results["final_weights"]))
     lines.append(f"{'class':<12} {'acc':>7}")
     lines += [f"{name:<12} {acc:>7.2%}" for name, acc in results["per_class_acc"].items()]
     lines.append(f"results: {results_file}")

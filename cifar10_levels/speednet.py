@@ -127,19 +127,21 @@ class SpeedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def optimizer_groups(self, lr: float, weight_decay: float, batch_size: int) -> "MuonWithSGD":
+    def optimizer_groups(self, lr: float, weight_decay: float, batch_size: int,
+                         decay_biases: bool = True) -> "MuonWithSGD":
         """Muon for conv filters; Nesterov SGD (lr per image x batch) for biases and the head.
 
-        weight_decay is the fraction of an SGD-trained weight decayed per step at full lr.
+        weight_decay is the fraction of an SGD-trained weight decayed per step at full lr;
+        decay_biases=False: none on the biases (the whitening bias and BatchNorm shifts).
         """
         filters = [p for p in self.groups.parameters() if p.ndim == 4]
         biases = [self.whiten_bias] + [p for p in self.groups.parameters() if p.ndim == 1]
         groups = [dict(params=filters, lr=lr, muon=True, momentum=MUON_MOMENTUM, weight_decay=0.0)]
-        for params, per_image in ((biases, BIAS_LR_PER_IMAGE), (list(self.head.parameters()),
-                                                                HEAD_LR_PER_IMAGE)):
+        for params, per_image, decay in ((biases, BIAS_LR_PER_IMAGE, decay_biases),
+                                         (list(self.head.parameters()), HEAD_LR_PER_IMAGE, True)):
             group_lr = lr * per_image * batch_size
             groups.append(dict(params=params, lr=group_lr, muon=False, momentum=SGD_MOMENTUM,
-                               weight_decay=weight_decay / group_lr))
+                               weight_decay=weight_decay / group_lr if decay else 0.0))
         return MuonWithSGD(groups)
 
 

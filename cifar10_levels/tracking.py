@@ -21,7 +21,8 @@ from .wandb_account import choose_wandb_mode
 
 MISCLASSIFIED_SHOWN = 32
 EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss",
-                 "val_acc": "val/acc", "lr": "train/epoch_lr", "images_per_s": "train/epoch_images_per_s",
+                 "val_acc": "val/acc", "val_loss_ema": "val/loss_ema", "val_acc_ema": "val/acc_ema",
+                 "lr": "train/epoch_lr", "images_per_s": "train/epoch_images_per_s",
                  "epoch_seconds": "time/epoch_seconds", "elapsed_seconds": "time/elapsed_seconds"}
 SUMMARY_KEYS = {"test_acc": "test/acc", "test_acc_tta": "test/acc_tta", "test_loss": "test/loss",
                 "test_nll": "test/nll", "test_ece": "test/ece",
@@ -133,6 +134,9 @@ class RunLog:
         plot_per_class(results["per_class_acc"], results["test_acc"], self.run_dir / "per_class.png",
                        f"{self.run_name}: per-class {shown}")
         summary = {key: results[k] for k, key in SUMMARY_KEYS.items() if results.get(k) is not None}
+        final = results.get("final_weights") or {}
+        summary.update({f"final_{kind}/{m}": final[kind][m] for kind in ("raw", "ema") if kind in final
+                        for m in ("test_acc", "test_acc_tta") if final[kind][m] is not None})
         accelerator, step = self.accelerator, self.trainer.state.global_step
         accelerator.log({k: v for k, v in summary.items() if k.startswith("test/")}, step=step)
         for tracker in accelerator.trackers:

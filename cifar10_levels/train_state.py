@@ -15,6 +15,7 @@ class TrainState:
     epochs_done: int = 0
     best_val_acc: float = -1.0
     best_epoch: int = -1
+    best_weights: str = "raw"     # what best.safetensors holds: the raw weights or their EMA
     nonfinite: int = 0
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)

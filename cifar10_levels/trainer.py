@@ -11,6 +11,7 @@ from accelerate.utils import set_seed
 from .augment import Normalizer, TrainAugment
 from .console import SlowRunWarning, epoch_line
 from .data import load_cifar10
+from .ema import final_weights, make_ema
 from .errors import UserError
 from .evaluation import evaluate
 from .files import write_json
@@ -52,6 +53,7 @@ class Trainer:
         self.channels_last = uses_channels_last(recipe, opts, accelerator.device)
         self.model = self.base_model = ready_model(model, self.data, self.channels_last)
         self.num_params = count_parameters(self.base_model)
+        self.ema = make_ema(accelerator, self.base_model, recipe.ema_decay)
         set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
 
         self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last)
@@ -78,9 +80,11 @@ class Trainer:
     def save_state(self) -> None:
         self.store.save_state(self.state)
 
-    def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None) -> None:
-        meta = checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc)
-        self.store.save_checkpoint(self.model, name, meta)
+    def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
+                        weights: str = "raw", model: torch.nn.Module | None = None) -> None:
+        """`model` holds the `weights` named in the metadata (default: the model being trained)."""
+        meta = checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights)
+        self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
         accelerator, recipe = self.accelerator, self.recipe
@@ -127,7 +131,8 @@ class Trainer:
         lr = scaled_lr(phase.lr, self.recipe, self.global_batch, self.opts.lr_scaling)
         optimizer = build_optimizer(self.base_model, self.recipe, lr)
         total = phase.epochs * len(self.train_loader) // self.opts.grad_accum
-        scheduler = build_scheduler(optimizer, self.recipe, total)
+        scheduler = build_scheduler(optimizer, self.recipe, total,
+                                    steps_per_epoch=len(self.train_loader) / self.opts.grad_accum)
         self.accelerator.free_memory()  # forget the previous phase's wrappers so save_state holds this one
         model = torch.compile(self.base_model) if self.opts.compile else self.base_model
         self.model, self.optimizer, self.scheduler, self.prepared_train, self.prepared_val = \
@@ -143,7 +148,7 @@ class Trainer:
         mix = self.recipe.mixes(phase)
         return train_one_epoch(self.accelerator, self.model, self.optimizer, self.scheduler, loader,
                                self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
-                               hooks)
+                               hooks, self.recipe.clip_grad, self.ema)
 
     def run_phase(self, phase: Phase, started: float) -> None:
         state = self.state
@@ -157,16 +162,21 @@ class Trainer:
             stats = self.train_epoch(phase, loader)
             val = evaluate(self.accelerator, self.model, self.prepared_val, self.normalize,
                            autocast=self.amp.autocast)
+            val_ema = self.ema.evaluate(self.accelerator, self.prepared_val, self.normalize, self.amp) \
+                if self.ema else None
             state.train_seconds = time.perf_counter() - started
             state.epochs_done += 1
-            improved = val.acc > state.best_val_acc
+            weights, acc = ("ema", val_ema.acc) if val_ema and val_ema.acc > val.acc else ("raw", val.acc)
+            improved = acc > state.best_val_acc
             if improved:
-                state.best_val_acc, state.best_epoch = val.acc, state.epochs_done
-                self.save_checkpoint("best", state.epochs_done, val.acc)
+                state.best_val_acc, state.best_epoch, state.best_weights = acc, state.epochs_done, weights
+                self.save_checkpoint("best", state.epochs_done, acc, weights=weights,
+                                     model=self.ema.module if weights == "ema" else None)
             self.save_checkpoint("last", state.epochs_done, val.acc)
             eta = state.train_seconds / state.epochs_done * (total_epochs - state.epochs_done)
             record = {"epoch": state.epochs_done, "phase": phase.name, "train_loss": stats.loss,
                       "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
+                      **({"val_loss_ema": val_ema.loss, "val_acc_ema": val_ema.acc} if val_ema else {}),
                       "lr": self.scheduler.get_last_lr()[0],
                       "images_per_s": stats.images / max(stats.seconds, 1e-9),
                       "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
@@ -182,8 +192,10 @@ class Trainer:
         accelerator, recipe, state = self.accelerator, self.recipe, self.state
         if state.best_epoch < 0:
             raise UserError("every phase has 0 epochs: nothing to train; set --epochs")
-        self.store.load_best(self.base_model)
         test_loader = accelerator.prepare_data_loader(self.test_loader)
+        final = final_weights(accelerator, self.model, self.ema, test_loader, self.normalize, self.amp,
+                              recipe.tta, state.history[-1]) if self.ema else None  # before load_best
+        self.store.load_best(self.base_model)
         views = evaluate(accelerator, self.model, test_loader, self.normalize, max(recipe.tta, 1),
                          autocast=self.amp.autocast)
         test, tta = views.plain(), (views if recipe.tta > 1 else None)
@@ -192,7 +204,9 @@ class Trainer:
                               precision=self.amp.name, num_processes=accelerator.num_processes,
                               global_batch=self.global_batch)
         results["wandb_url"] = self.log.wandb_url
-        self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc)
+        if final:
+            results["final_weights"] = final
+        self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc, state.best_weights)
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",
                              f"{recipe.arch}: test, plain")

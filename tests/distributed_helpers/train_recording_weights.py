@@ -1,7 +1,8 @@
 """train.py plus a test-only hook: after every epoch each process writes a digest of its own weights.
 
 Launch it exactly like train.py; set RECORD_WEIGHTS_DIR to where the digests go
-(rank{R}-epoch{E}.json: {"parameters": sha256, "buffers": sha256}).
+(rank{R}-epoch{E}.json: {"parameters": sha256, "buffers": sha256}, with --ema also "ema": the
+digest of the EMA's parameters and buffers).
 """
 import hashlib
 import json
@@ -26,6 +27,8 @@ def digest(tensors) -> str:
 def recording_save_state(self) -> None:
     model = self.accelerator.unwrap_model(self.model)
     record = {"parameters": digest(model.named_parameters()), "buffers": digest(model.named_buffers())}
+    if self.ema is not None:
+        record["ema"] = digest(self.ema.module.state_dict().items())
     out = Path(os.environ["RECORD_WEIGHTS_DIR"])
     out.mkdir(parents=True, exist_ok=True)
     name = f"rank{self.accelerator.process_index}-epoch{self.state.epochs_done}.json"
