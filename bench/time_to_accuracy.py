@@ -37,6 +37,7 @@ class SeedResult:
     best_val_acc: float
     wall_seconds: float
     train_seconds: float
+    final_weights: dict | None = None   # with --ema: the last epoch's raw and EMA weights side by side
 
 
 def run_seed(seed: int, dataset: str | None, train_argv: list[str], output_dir: Path, log_dir: Path | None
@@ -55,7 +56,7 @@ def run_seed(seed: int, dataset: str | None, train_argv: list[str], output_dir: 
     results = json.loads(next(output_dir.glob("*/results.json")).read_text())
     return SeedResult(seed=seed, test_acc=results["test_acc"], test_acc_tta=results.get("test_acc_tta"),
                       best_val_acc=results["best_val_acc"], wall_seconds=wall,
-                      train_seconds=results["train_seconds"])
+                      train_seconds=results["train_seconds"], final_weights=results.get("final_weights"))
 
 
 def spread(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -96,6 +97,29 @@ def main(argv: list[str] | None = None) -> None:
           f"{spread(ttas, 100) + '%' if ttas else '-'} | {spread([r.best_val_acc for r in results], 100)}% | "
           f"{spread([r.wall_seconds for r in results], digits=0)} s | "
           f"{spread([r.train_seconds for r in results], digits=0)} s |")
+    compared = [r for r in results if r.final_weights]
+    if compared:
+        print_ema_table(compared)
+
+
+def print_ema_table(results: list[SeedResult]) -> None:
+    """EMA on against off at equal epochs: the last epoch's raw and EMA weights of the same runs."""
+    columns = (("val_acc", "val acc"), ("test_acc", "test acc"), ("test_acc_tta", "test acc, TTA"))
+    print(f"\nlast epoch ({results[0].final_weights['epoch']}), raw weights (= without --ema) against "
+          f"the EMA (decay {results[0].final_weights['ema_decay']}):\n")
+    print("| seed | " + " | ".join(f"{name}, raw | {name}, EMA" for _, name in columns) + " |")
+    print("|---" * (1 + 2 * len(columns)) + "|")
+
+    def cell(values: list) -> str:
+        return "-" if None in values else spread(values, 100) + "%"
+
+    for r in results:
+        f = r.final_weights
+        print(f"| {r.seed} | " + " | ".join(
+            f"{cell([f['raw'][key]])} | {cell([f['ema'][key]])}" for key, _ in columns) + " |")
+    print(f"| mean ± sd ({len(results)} seeds) | " + " | ".join(
+        f"{cell([r.final_weights['raw'][key] for r in results])} | "
+        f"{cell([r.final_weights['ema'][key] for r in results])}" for key, _ in columns) + " |")
 
 
 if __name__ == "__main__":

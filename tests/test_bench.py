@@ -68,12 +68,18 @@ def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_pa
 def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
     out = bench("time_to_accuracy.py", "--dataset", tiny_cifar, "--seeds", "3", "--arch", "test_resnet",
                 "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1",
-                "--lr", "1e-2", "1e-2", "--keep-runs", tmp_path)
+                "--lr", "1e-2", "1e-2", "--ema", "0.9", "--keep-runs", tmp_path)
     row = table_row(out, "3")
     assert 0 <= leading_number(row[1]) <= 100 and row[1].endswith("%")
     assert "mean ± sd (1 seeds)" in out
     kept = json.loads((tmp_path / "seed3" / "L1-test_resnet-s3" / "results.json").read_text())
     assert f"{kept['test_acc']:.2%}" == row[1]
+    # --ema: a second table sets the last epoch's raw weights beside the EMA, from results.json
+    assert "raw weights (= without --ema) against the EMA (decay 0.9)" in out
+    ema_row = out.split("against the EMA")[1].split("\n| 3 | ")[1].split("\n")[0].split(" | ")
+    final = kept["final_weights"]
+    assert ema_row[:4] == [f"{100 * final[w][k]:.2f} ± 0.00%" for k in ("val_acc", "test_acc")
+                           for w in ("raw", "ema")]
 
 
 def test_plain_loop_baseline_trains_and_reports_per_seed(tiny_cifar):
