@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,10 @@ SUMMARY_KEYS = {"test_acc": "test/acc", "test_acc_tta": "test/acc_tta", "test_lo
                 "test_nll": "test/nll", "test_ece": "test/ece",
                 "best_val_acc": "best_val_acc", "best_epoch": "best_epoch", "num_params": "num_params",
                 "train_seconds": "train_seconds", "images_per_s": "images_per_s"}
+
+
+# curves.png costs ~0.5-1 s of matplotlib: redrawn after an epoch at most this often, and at the end
+CURVES_EVERY_S = 60.0
 
 
 def run_config(trainer) -> dict:
@@ -64,6 +69,7 @@ class RunLog:
         self.run_dir: Path = trainer.run_dir
         recipe = trainer.recipe
         self.mixing_phases = frozenset(p.name for p in recipe.phases if recipe.mixes(p))
+        self.curves_drawn_at, self.curves_epochs = time.monotonic(), 0
 
     @property
     def main(self) -> bool:
@@ -119,13 +125,21 @@ class RunLog:
         values = {EPOCH_METRICS[k]: v for k, v in record.items() if k in EPOCH_METRICS}
         self.accelerator.log({"epoch": record["epoch"], "phase": record["phase"], **values},
                              step=self.trainer.state.global_step)
-        plot_curves(self.trainer.state.history, self.run_dir / "curves.png", self.title,
-                    self.mixing_phases)
+        if time.monotonic() - self.curves_drawn_at >= CURVES_EVERY_S:
+            self.draw_curves()
+
+    def draw_curves(self) -> None:
+        """curves.png up to the last epoch, unless it is drawn already."""
+        history = self.trainer.state.history
+        if len(history) > self.curves_epochs:
+            plot_curves(history, self.run_dir / "curves.png", self.title, self.mixing_phases)
+            self.curves_drawn_at, self.curves_epochs = time.monotonic(), len(history)
 
     def final(self, results: dict, test, data) -> None:
         """Test results: PNGs in the run dir, scalars to every tracker, tables and images to W&B."""
         if not self.main:
             return
+        self.draw_curves()
         names = data.class_names
         labels = test.labels.numpy()
         matrix = confusion_matrix(test.preds, test.labels, len(names)).numpy()
@@ -176,7 +190,9 @@ class RunLog:
             run.log_artifact(artifact, aliases=["best"])
 
     def finish(self) -> None:
+        """At the end, and when a run stops or diverges: curves.png up to the last epoch."""
         if self.main:
+            self.draw_curves()
             finish_trackers(self.accelerator)
 
 

@@ -48,7 +48,7 @@ def accelerate_launch_two(script: Path, *args) -> list:
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_cifar, tmp_path_factory):
-    """train.py (plus a hook writing each process's weight digest per epoch), 2 processes, W&B."""
+    """train.py (plus a hook writing each process's weight and EMA digests per epoch), 2 processes, W&B."""
     out = tmp_path_factory.mktemp("two_process")
     digests = out / "digests"
 
@@ -56,7 +56,7 @@ def two_process_run(tiny_cifar, tmp_path_factory):
         return launch(accelerate_launch_two(
             HELPERS / "train_recording_weights.py", "--dataset", tiny_cifar, "--output-dir", out,
             *TINY_TRAIN, "--report-to", "wandb", "--arch", "test_resnet", "--lr", "1e-2", "1e-2",
-            *extra), env={"RECORD_WEIGHTS_DIR": str(digests), "WANDB_MODE": "offline"})
+            "--ema", "0.9", *extra), env={"RECORD_WEIGHTS_DIR": str(digests), "WANDB_MODE": "offline"})
 
     first = run("--epochs", "1", "1")
     return {"out": out, "run_dir": out / "L1-test_resnet-s42", "digests": digests, "first": first,
@@ -79,7 +79,9 @@ def test_two_processes_train_to_identical_weights(two_process_run):
         rank0, rank1 = (digest(two_process_run["digests"], rank, epoch) for rank in (0, 1))
         assert rank0["parameters"] == rank1["parameters"], f"epoch {epoch}: parameters differ"
         assert rank0["buffers"] == rank1["buffers"], f"epoch {epoch}: BatchNorm statistics differ"
+        assert rank0["ema"] == rank1["ema"], f"epoch {epoch}: the EMAs differ"
     assert digest(two_process_run["digests"], 0, 1) != digest(two_process_run["digests"], 0, 2)
+    assert digest(two_process_run["digests"], 0, 1)["ema"] != digest(two_process_run["digests"], 0, 2)["ema"]
 
 
 def test_two_processes_write_every_file_once(two_process_run):
@@ -108,7 +110,8 @@ def test_resume_after_a_two_process_run(two_process_run):
     assert records[:2] == first_history
     rank0, rank1 = (digest(two_process_run["digests"], rank, 3) for rank in (0, 1))
     assert rank0 == rank1
-    assert json.loads((run_dir / "results.json").read_text())["num_processes"] == 2
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["num_processes"] == 2 and set(results["final_weights"]) >= {"raw", "ema"}
     wandb_ids = {p.name.rsplit("-", 1)[1] for p in two_process_run["out"].rglob("offline-run-*")}
     assert len(wandb_ids) == 1, f"the resumed run should continue the same W&B run: {wandb_ids}"
 

@@ -1,5 +1,5 @@
 """Resume: SIGTERM saves and exits 143, SIGKILL loses at most the epoch in progress, and a resumed
-run ends as the uninterrupted one does (same seed, same machine, CPU: bit for bit)."""
+run ends as the uninterrupted one does (same seed, same machine, CPU: bit for bit), its EMA too."""
 from __future__ import annotations
 
 import json
@@ -14,10 +14,14 @@ from safetensors.torch import load_file, save_file
 
 from cifar10_levels.cli import train_main
 
+from cifar10_levels.ema import EMA_STATE_FILE
+
 from conftest import TINY_TRAIN, train
 from test_crash_safety import RUN, SMALL, check_every_file_loads, start_train, wait_for
+from trained_runs import trained_run
 
 EPOCHS = ["--epochs", "0", "3"]
+EMA = ["--ema", "0.9"]     # trained_runs' "small_ema" run is SMALL + EPOCHS + EMA
 
 
 def history(run_dir: Path) -> list[dict]:
@@ -39,25 +43,31 @@ def same_tensors(a: Path, b: Path) -> bool:
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
 
 
+def ema_state(run_dir: Path) -> dict:
+    """The EMA as save_state wrote it (a file of our own run: tensors and an int only)."""
+    return torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_cifar, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted")
-    train(tiny_cifar, out, *SMALL, *EPOCHS)
-    return out / RUN
+    return trained_run("small_ema", tiny_cifar, tmp_path_factory)
 
 
-def test_same_seed_same_machine_gives_identical_results(uninterrupted, tiny_cifar, tmp_path):
+def test_same_seed_trains_the_same_raw_weights_with_or_without_ema(uninterrupted, tiny_cifar, tmp_path):
+    """A second, independent run of the same seed without --ema: the same raw weights, epoch by epoch
+    (the EMA only reads them; its extra validation pass leaves the augmentation stream alone)."""
     args = ["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *SMALL, *EPOCHS]
-    assert train_main(args) == 0  # in this process: a second, independent run
-    again = tmp_path / RUN
-    assert outcome(again) == outcome(uninterrupted)
-    assert same_tensors(again / "best.safetensors", uninterrupted / "best.safetensors")
-    assert same_tensors(again / "last.safetensors", uninterrupted / "last.safetensors")
+    assert train_main(args) == 0
+    again, with_ema = history(tmp_path / RUN), history(uninterrupted)
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert [h[key] for h in again] == [h[key] for h in with_ema], key
+    assert all("val_acc_ema" not in h for h in again) and all("val_acc_ema" in h for h in with_ema)
+    assert same_tensors(tmp_path / RUN / "last.safetensors", uninterrupted / "last.safetensors")
 
 
 def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, tiny_cifar, tmp_path):
     run_dir = tmp_path / RUN
-    proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS)
+    proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA)
     wait_for(proc, lambda: len(history(run_dir)) >= 1)
     proc.send_signal(signal.SIGTERM)   # checked every 10 steps: lands at step 10 of epoch 2
     output = proc.communicate(timeout=300)[0]
@@ -65,9 +75,11 @@ def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, ti
     assert f"stopped: state saved in {run_dir / 'state'}" in output and "--resume" in output
     state = json.loads((run_dir / "state" / "train_state.json").read_text())
     assert (state["epochs_done"], state["step"]) == (1, 10), state
+    assert ema_state(run_dir)["updates"] == 30  # one per optimizer step
     check_every_file_loads(run_dir)
+    assert (run_dir / "curves.png").is_file()  # drawn when the run stops, up to its last epoch
 
-    proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, "--resume")
+    proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--resume")
     wait_for(proc, lambda: len(history(run_dir)) >= 2)
     time.sleep(history(run_dir)[-1]["epoch_seconds"] / 2)
     assert proc.poll() is None
@@ -75,7 +87,7 @@ def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, ti
     proc.communicate()
     check_every_file_loads(run_dir)
 
-    result = train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, "--resume")
+    result = train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--resume")
     assert "resuming from" in result.stdout
     assert [h["epoch"] for h in history(run_dir)] == [1, 2, 3]
     resumed, expected = outcome(run_dir), outcome(uninterrupted)
@@ -84,6 +96,12 @@ def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, ti
     assert resumed == expected
     assert same_tensors(run_dir / "best.safetensors", uninterrupted / "best.safetensors")
     assert same_tensors(run_dir / "last.safetensors", uninterrupted / "last.safetensors")
+    resumed_ema, expected_ema = ema_state(run_dir), ema_state(uninterrupted)
+    assert resumed_ema["updates"] == expected_ema["updates"] == 60
+    assert all(torch.equal(resumed_ema["weights"][k], v) for k, v in expected_ema["weights"].items())
+    results, expected_results = (json.loads((d / "results.json").read_text()) for d in (run_dir, uninterrupted))
+    for key in ("final_weights", "best_weights", "test_acc_tta"):
+        assert results[key] == expected_results[key], key
 
 
 def test_resume_never_replaces_a_better_best_saved_after_the_state(tiny_cifar, tmp_path):
