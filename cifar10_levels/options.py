@@ -28,3 +28,4 @@ class RunOptions:
     run_name: str | None = None
     log_checkpoint: bool = False
     progress: bool = True
+    time_budget: float | None = None       # seconds the whole process may take (--time-budget)
