@@ -66,20 +66,21 @@ def mean_step_seconds(step: Step, n: int, seconds: float, sync: Callable[[], Non
     return (clock() - start) / count
 
 
-def step_cost(step: Step, batch: int, seconds: float = PROBE_SECONDS,
+def step_cost(step: Step, batch: int, seconds: float | None = None,
               sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter
               ) -> StepCost:
-    """Seconds per step of `batch` images, timed for about `seconds`.
+    """Seconds per step of `batch` images, timed for about `seconds` (default PROBE_SECONDS).
 
     A batch whose step would take longer than seconds / MIN_STEPS is not run whole: steps of two
     smaller batches give the fixed part of a step (the optimizer step, launches) and the part per
     image, and the line through them gives the batch's time.
     """
+    seconds = PROBE_SECONDS if seconds is None else seconds
     small = min(batch, SMALL_BATCH)
     for _ in range(WARMUP_STEPS):
         step(small)
     sync()
-    small_seconds = mean_step_seconds(step, small, seconds / 4, sync, clock)
+    small_seconds = mean_step_seconds(step, small, seconds / 4 if batch > small else seconds, sync, clock)
     if batch == small:
         return StepCost(small_seconds, batch, (small,))
     fits = int(seconds / MIN_STEPS / (small_seconds / small))
