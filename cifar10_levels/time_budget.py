@@ -64,7 +64,7 @@ def phase_steps(budget_seconds: float, phase_epochs: Sequence[int], steps_per_ep
         what = "one step of each phase" if sum(e > 0 for e in phase_epochs) > 1 else "one step"
         raise UserError(
             f"--time-budget {format_duration(budget_seconds)}: too short to train {what} here "
-            f"({costs.spent_seconds:.0f}s went to start-up and measuring, a step takes "
+            f"({costs.spent_seconds:.0f}s went to start-up, data loading and measuring, a step takes "
             f"{max(costs.step_seconds):.1f}s, validation {costs.eval_seconds:.1f}s, the final test "
             f"{costs.final_eval_seconds:.1f}s); give at least {format_duration(math.ceil(needed))}")
     return steps
