@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 PROBE_SECONDS = 2.0      # timed per measurement, after warm-up steps
-SMALL_BATCH = 16         # the first, small steps: warm-up, and the per-image cost for sizing
+SMALL_BATCH = 16         # the first steps: warm-up, and the time per image that sizes the probe batch
 WARMUP_STEPS = 2         # untimed small steps first: the first calls build kernels and caches
 MIN_STEPS = 3            # a step of the probe batch takes at most PROBE_SECONDS / MIN_STEPS
 
@@ -55,46 +55,43 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def mean_step_seconds(step: Step, n: int, seconds: float, sync: Callable[[], None],
-                      clock: Callable[[], float]) -> float:
-    """Mean seconds of steps of `n` images run for about `seconds` (at least two steps)."""
+def mean_seconds(call: Callable[[], None], seconds: float, sync: Callable[[], None],
+                 clock: Callable[[], float]) -> float:
+    """Mean seconds of `call` run for about `seconds` (at least twice)."""
     count, start = 0, clock()
     while count < 2 or clock() - start < seconds:
-        step(n)
+        call()
         sync()
         count += 1
     return (clock() - start) / count
 
 
-def step_cost(step: Step, batch: int, seconds: float | None = None,
-              sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter
-              ) -> StepCost:
-    """Seconds per step of `batch` images, timed for about `seconds` (default PROBE_SECONDS).
+def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | None = None,
+              seconds: float | None = None, sync: Callable[[], None] = lambda: None,
+              clock: Callable[[], float] = time.perf_counter) -> StepCost:
+    """Seconds of a step of `batch` images, measured in about `seconds` (default PROBE_SECONDS).
 
-    A batch whose step would take longer than seconds / MIN_STEPS is not run whole: steps of two
-    smaller batches give the fixed part of a step (the optimizer step, launches) and the part per
-    image, and the line through them gives the batch's time.
+    A step is `images_step(n)` (forward and backward: its time grows with n) and then `fixed_step()`
+    (the optimizer step: the same for any batch; large for Muon on a CPU), timed apart. The images
+    part is timed at the largest batch up to `batch` whose step the small steps put under
+    seconds / MIN_STEPS, and scaled to `batch` in proportion (when smaller: an upper bound, as its
+    own fixed part is scaled too).
     """
     seconds = PROBE_SECONDS if seconds is None else seconds
     small = min(batch, SMALL_BATCH)
     for _ in range(WARMUP_STEPS):
-        step(small)
+        images_step(small)
+        if fixed_step is not None:
+            fixed_step()
     sync()
-    small_seconds = mean_step_seconds(step, small, seconds / 4 if batch > small else seconds, sync, clock)
-    if batch == small:
-        return StepCost(small_seconds, batch, (small,))
-    fits = int(seconds / MIN_STEPS / (small_seconds / small))
-    probe = max(small, min(batch, fits))
-    if probe == small:  # slower than seconds / MIN_STEPS per small step: proportional, an upper bound
-        return StepCost(small_seconds * batch / small, batch, (small,))
-    step(probe)  # warm-up at this batch's shapes
-    sync()
-    probe_seconds = mean_step_seconds(step, probe, seconds * 3 / 4, sync, clock)
-    if probe == batch:
-        return StepCost(probe_seconds, batch, (small, batch))
-    per_image = max((probe_seconds - small_seconds) / (probe - small), 0.0)
-    fixed = max(probe_seconds - per_image * probe, 0.0)
-    return StepCost(fixed + per_image * batch, batch, (small, probe))
+    small_seconds = mean_seconds(lambda: images_step(small), seconds / 4, sync, clock)
+    probe = max(small, min(batch, int(seconds / MIN_STEPS / small_seconds * small)))
+    probe_seconds = small_seconds
+    if probe > small:
+        images_step(probe)  # warm-up at this batch's shapes
+        probe_seconds = mean_seconds(lambda: images_step(probe), seconds / 2, sync, clock)
+    fixed = 0.0 if fixed_step is None else mean_seconds(fixed_step, seconds / 4, sync, clock)
+    return StepCost(probe_seconds * batch / probe + fixed, batch, tuple(dict.fromkeys((small, probe))))
 
 
 def cached_inputs(make: Callable[[int], tuple]) -> Callable[[int], tuple]:
@@ -105,16 +102,16 @@ def cached_inputs(make: Callable[[int], tuple]) -> Callable[[int], tuple]:
 
 def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable,
                   make_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                  autocast: Callable[[], AbstractContextManager]) -> Step:
-    """forward (under `autocast`), loss, backward and optimizer step, as train_one_epoch runs them."""
-    def step(n: int) -> None:
+                  autocast: Callable[[], AbstractContextManager]) -> tuple[Step, Callable[[], None]]:
+    """train_one_epoch's step in two parts: forward (under `autocast`), loss and backward of n
+    images; the optimizer step."""
+    def images_step(n: int) -> None:
+        optimizer.zero_grad(set_to_none=True)
         inputs, targets = make_batch(n)
         with autocast():
             logits = model(inputs)
         loss_fn(logits.float(), targets).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    return images_step, optimizer.step
 
 
 def evaluation_step(model: nn.Module, make_inputs: Callable[[int], torch.Tensor],

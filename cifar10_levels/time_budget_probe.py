@@ -12,9 +12,12 @@ import torch
 from .errors import UserError
 from .models import set_backbone_trainable, set_train_mode
 from .optim import build_optimizer
+from . import step_timing
 from .step_timing import autocast_for, evaluation_step, step_cost, synchronizer, training_step, \
     untouched_rng
 from .time_budget import BudgetPlan, RunCosts
+
+PROBE_SHARE = 0.01   # of the budget, each measurement may take: a longer budget buys a truer plan
 
 
 def process_seconds() -> float:
@@ -36,6 +39,7 @@ def measure_costs(trainer) -> RunCosts:
     processes, grad_accum = trainer.accelerator.num_processes, trainer.opts.grad_accum
     autocast = (lambda: autocast_for(device, trainer.amp.name))
     sync = synchronizer(device)
+    seconds = max(step_timing.PROBE_SECONDS, PROBE_SHARE * trainer.opts.time_budget)
     with untouched_rng(device):
         model = copy.deepcopy(trainer.base_model).to(device)
         images, labels = data.train.images.to(device), data.train.labels.to(device)
@@ -49,12 +53,14 @@ def measure_costs(trainer) -> RunCosts:
                 set_backbone_trainable(model, phase.train_backbone)
                 set_train_mode(model, phase.train_backbone)
                 optimizer = build_optimizer(model, recipe, phase.lr)
-                step = training_step(model, optimizer, trainer.hard_loss, make_batch, autocast)
-                kinds[phase.train_backbone] = step_cost(step, recipe.batch_size, sync=sync).seconds
+                images_step, optimizer_step = training_step(model, optimizer, trainer.hard_loss,
+                                                            make_batch, autocast)
+                kinds[phase.train_backbone] = step_cost(images_step, recipe.batch_size, optimizer_step,
+                                                        seconds, sync).seconds
         model.eval()
         eval_batch = trainer.val_loader.batch_size
         evaluate = evaluation_step(model, lambda n: trainer.normalize(wrapped(images, n)), autocast)
-        per_image = step_cost(evaluate, eval_batch, sync=sync).seconds / eval_batch
+        per_image = step_cost(evaluate, eval_batch, seconds=seconds, sync=sync).seconds / eval_batch
     step_seconds = tuple(kinds.get(p.train_backbone, 0.0) * grad_accum for p in recipe.phases)
     val_images, test_images = (math.ceil(len(s) / processes) for s in (data.val, data.test))
     return RunCosts(step_seconds, per_image * val_images,

@@ -29,38 +29,50 @@ SMALL = ["--arch", "test_resnet", "--train-limit", "64", "--eval-limit", "20", "
 
 
 class FakeMachine:
-    """A step of n images takes `fixed + per_image * n` seconds on a fake clock."""
+    """On a fake clock: forward and backward of n images take `per_image * n` seconds (plus
+    `overhead`), an optimizer step `optimizer` seconds."""
 
-    def __init__(self, fixed: float, per_image: float):
-        self.fixed, self.per_image, self.now, self.sizes = fixed, per_image, 0.0, []
+    def __init__(self, per_image: float, optimizer: float = 0.0, overhead: float = 0.0):
+        self.per_image, self.optimizer, self.overhead = per_image, optimizer, overhead
+        self.now, self.sizes = 0.0, []
 
     def clock(self) -> float:
         return self.now
 
-    def step(self, n: int) -> None:
+    def images_step(self, n: int) -> None:
         self.sizes.append(n)
-        self.now += self.fixed + self.per_image * n
+        self.now += self.overhead + self.per_image * n
+
+    def optimizer_step(self) -> None:
+        self.now += self.optimizer
 
 
 def test_a_batch_that_fits_is_timed_whole():
-    machine = FakeMachine(fixed=0.01, per_image=0.001)
-    cost = step_cost(machine.step, 128, seconds=2.0, clock=machine.clock)
-    assert cost.seconds == pytest.approx(0.01 + 0.128) and cost.batch == 128
+    machine = FakeMachine(per_image=0.001, optimizer=0.01)
+    cost = step_cost(machine.images_step, 128, machine.optimizer_step, seconds=2.0, clock=machine.clock)
+    assert cost.seconds == pytest.approx(0.128 + 0.01) and cost.batch == 128
     assert max(machine.sizes) == 128 and cost.timed == (16, 128)
 
 
-def test_a_batch_too_slow_to_run_whole_is_extrapolated_from_two_smaller_ones():
-    machine = FakeMachine(fixed=0.05, per_image=0.002)   # a step of 2000 images: 4.05 s
-    cost = step_cost(machine.step, 2000, seconds=2.0, clock=machine.clock)
-    assert cost.seconds == pytest.approx(0.05 + 0.002 * 2000)
-    assert max(machine.sizes) < 2000 and len(cost.timed) == 2
-    assert machine.now < 2 * 2.0  # the whole measurement stayed short
+def test_a_batch_too_slow_to_run_whole_is_scaled_from_a_smaller_one_plus_the_optimizer_step():
+    machine = FakeMachine(per_image=0.002, optimizer=0.5)   # a step of 2000 images: 4.5 s
+    cost = step_cost(machine.images_step, 2000, machine.optimizer_step, seconds=2.0, clock=machine.clock)
+    assert cost.seconds == pytest.approx(0.002 * 2000 + 0.5)
+    assert 16 < max(machine.sizes) < 2000 and cost.timed == (16, max(machine.sizes))
+    assert 0.002 * max(machine.sizes) <= 2.0 / 3  # a probe step stayed under the cap
 
 
-def test_a_model_too_slow_for_any_probe_batch_gets_an_upper_bound():
-    machine = FakeMachine(fixed=1.0, per_image=0.1)
-    cost = step_cost(machine.step, 128, seconds=2.0, clock=machine.clock)
-    assert set(machine.sizes) == {16} and cost.seconds >= 1.0 + 0.1 * 128
+def test_a_fixed_part_of_the_images_step_gives_an_upper_bound():
+    machine = FakeMachine(per_image=0.001, overhead=0.05)
+    cost = step_cost(machine.images_step, 2000, seconds=2.0, clock=machine.clock)
+    assert 0.05 + 0.001 * 2000 <= cost.seconds < 1.5 * (0.05 + 0.001 * 2000)
+    assert machine.now < 3 * 2.0  # the whole measurement stayed short
+
+
+def test_a_model_too_slow_for_any_larger_batch_is_scaled_from_the_small_one():
+    machine = FakeMachine(per_image=0.1, optimizer=0.2)
+    cost = step_cost(machine.images_step, 128, machine.optimizer_step, seconds=2.0, clock=machine.clock)
+    assert set(machine.sizes) == {16} and cost.seconds == pytest.approx(0.1 * 128 + 0.2)
 
 
 def test_untouched_rng_restores_every_stream():
