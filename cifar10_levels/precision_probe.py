@@ -20,7 +20,8 @@ from . import step_timing
 from .step_timing import StepCost, autocast_for, cached_inputs, step_cost, training_step, untouched_rng
 
 BF16_MIN_SPEEDUP = 1.10   # bf16 must train this many times as fast as fp32 to be chosen
-ROUNDS = 2                # fp32, bf16, fp32, bf16: each precision's fastest round counts
+ROUNDS = 2                # fp32, bf16, fp32, bf16: each precision's fastest round counts, and in
+                          # each round its fastest steps: load from other programs only slows steps down
 CACHE_FILE = "cpu_precision.json"
 Measure = Callable[[Recipe, bool, torch.device], dict[str, StepCost]]
 
@@ -87,12 +88,14 @@ def measure_precisions(recipe: Recipe, channels_last: bool, device: torch.device
             memory_format=layout), torch.randint(0, NUM_CLASSES, (n,), device=device)))
         loss = torch.nn.CrossEntropyLoss()
         costs: dict[str, StepCost] = {}
+        probe = None  # fp32's first round sizes the batches every round of both times
         for _ in range(ROUNDS):  # alternating: a burst of other load slows one round, not one precision
             for name in ("no", "bf16"):
                 images_step, optimizer_step = training_step(
                     model, optimizer, loss, inputs, functools.partial(autocast_for, device, name))
                 cost = step_cost(images_step, recipe.batch_size, optimizer_step,
-                                 step_timing.PROBE_SECONDS / ROUNDS)
+                                 step_timing.PROBE_SECONDS, fastest=True, probe=probe)
+                probe = cost.timed[-1]
                 costs[name] = min(costs.get(name, cost), cost, key=lambda c: c.seconds)
         return costs
 

@@ -55,43 +55,56 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def mean_seconds(call: Callable[[], None], seconds: float, sync: Callable[[], None],
-                 clock: Callable[[], float]) -> float:
-    """Mean seconds of `call` run for about `seconds` (at least twice)."""
-    count, start = 0, clock()
-    while count < 2 or clock() - start < seconds:
+def call_seconds(call: Callable[[], None], seconds: float, sync: Callable[[], None],
+                 clock: Callable[[], float]) -> list[float]:
+    """Seconds of each call of `call`, called for about `seconds` (at least twice)."""
+    times: list[float] = []
+    while len(times) < 2 or sum(times) < seconds:
+        start = clock()
         call()
         sync()
-        count += 1
-    return (clock() - start) / count
+        times.append(clock() - start)
+    return times
 
 
 def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | None = None,
               seconds: float | None = None, sync: Callable[[], None] = lambda: None,
-              clock: Callable[[], float] = time.perf_counter) -> StepCost:
+              clock: Callable[[], float] = time.perf_counter, fastest: bool = False,
+              probe: int | None = None) -> StepCost:
     """Seconds of a step of `batch` images, measured in about `seconds` (default PROBE_SECONDS).
 
-    A step is `images_step(n)` (forward and backward: its time grows with n) and then `fixed_step()`
-    (the optimizer step: the same for any batch; large for Muon on a CPU), timed apart. The images
-    part is timed at the largest batch up to `batch` whose step the small steps put under
-    seconds / MIN_STEPS, and scaled to `batch` in proportion (when smaller: an upper bound, as its
-    own fixed part is scaled too).
+    A step is `images_step(n)` (forward and backward) and then `fixed_step()` (the optimizer step: the
+    same for any batch; large for Muon on a CPU), timed apart. The images part is timed at SMALL_BATCH
+    and at the largest batch up to `batch` that the small steps put under seconds / MIN_STEPS; a batch
+    larger than that gets the time on the line through the two (launches and small-batch overheads
+    are a fixed part there too), or in proportion to the small one when no larger batch fits (an upper
+    bound). `fastest`: each part's fastest call instead of the mean (for comparisons: other load only
+    ever slows a call down). `probe`: that larger batch, given (to compare two steps at the same sizes).
     """
     seconds = PROBE_SECONDS if seconds is None else seconds
+
+    def summary(times: list[float]) -> float:
+        return min(times) if fastest else sum(times) / len(times)
+
     small = min(batch, SMALL_BATCH)
     for _ in range(WARMUP_STEPS):
         images_step(small)
         if fixed_step is not None:
             fixed_step()
     sync()
-    small_seconds = mean_seconds(lambda: images_step(small), seconds / 4, sync, clock)
-    probe = max(small, min(batch, int(seconds / MIN_STEPS / small_seconds * small)))
-    probe_seconds = small_seconds
+    small_times = call_seconds(lambda: images_step(small), seconds / 4, sync, clock)
+    small_seconds = summary(small_times)
+    if probe is None:
+        probe = max(small, min(batch, int(seconds / MIN_STEPS / min(small_times) * small)))
+    images_seconds = small_seconds * batch / small
     if probe > small:
         images_step(probe)  # warm-up at this batch's shapes
-        probe_seconds = mean_seconds(lambda: images_step(probe), seconds / 2, sync, clock)
-    fixed = 0.0 if fixed_step is None else mean_seconds(fixed_step, seconds / 4, sync, clock)
-    return StepCost(probe_seconds * batch / probe + fixed, batch, tuple(dict.fromkeys((small, probe))))
+        probe_seconds = summary(call_seconds(lambda: images_step(probe), seconds / 2, sync, clock))
+        per_image = (probe_seconds - small_seconds) / (probe - small)
+        images_seconds = probe_seconds + per_image * (batch - probe) if per_image > 0 else \
+            probe_seconds * batch / probe  # noise made the small steps the slower: in proportion
+    fixed = 0.0 if fixed_step is None else summary(call_seconds(fixed_step, seconds / 4, sync, clock))
+    return StepCost(images_seconds + fixed, batch, tuple(dict.fromkeys((small, probe))))
 
 
 def cached_inputs(make: Callable[[int], tuple]) -> Callable[[int], tuple]:

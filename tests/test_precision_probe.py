@@ -62,10 +62,10 @@ def test_a_batch_too_slow_to_run_whole_is_scaled_from_a_smaller_one_plus_the_opt
     assert 0.002 * max(machine.sizes) <= 2.0 / 3  # a probe step stayed under the cap
 
 
-def test_a_fixed_part_of_the_images_step_gives_an_upper_bound():
+def test_a_fixed_part_of_the_images_step_is_found_from_two_batch_sizes():
     machine = FakeMachine(per_image=0.001, overhead=0.05)
     cost = step_cost(machine.images_step, 2000, seconds=2.0, clock=machine.clock)
-    assert 0.05 + 0.001 * 2000 <= cost.seconds < 1.5 * (0.05 + 0.001 * 2000)
+    assert cost.seconds == pytest.approx(0.05 + 0.001 * 2000) and max(machine.sizes) < 2000
     assert machine.now < 3 * 2.0  # the whole measurement stayed short
 
 
@@ -73,6 +73,19 @@ def test_a_model_too_slow_for_any_larger_batch_is_scaled_from_the_small_one():
     machine = FakeMachine(per_image=0.1, optimizer=0.2)
     cost = step_cost(machine.images_step, 128, machine.optimizer_step, seconds=2.0, clock=machine.clock)
     assert set(machine.sizes) == {16} and cost.seconds == pytest.approx(0.1 * 128 + 0.2)
+
+
+def test_fastest_ignores_steps_slowed_by_other_load():
+    machine = FakeMachine(per_image=0.001, optimizer=0.01)
+    images_step = machine.images_step
+
+    def sometimes_slowed(n: int) -> None:
+        images_step(n)
+        if len(machine.sizes) % 3 == 0:
+            machine.now += 1.0
+    cost = step_cost(sometimes_slowed, 128, machine.optimizer_step, seconds=2.0, clock=machine.clock,
+                     fastest=True)
+    assert cost.seconds == pytest.approx(0.128 + 0.01)
 
 
 def test_untouched_rng_restores_every_stream():
@@ -188,6 +201,7 @@ def test_probe_choosing_fp32_leaves_the_run_as_with_mixed_precision_no(tiny_cifa
     monkeypatch.setattr(precision_probe, "measure_precisions", real_then_fp32_faster)
     probed, probed_dir = run(tiny_cifar, tmp_path / "probed", fresh_accelerate)
     assert len(measured) == 1 and set(measured[0]) == {"no", "bf16"}  # the real probe ran
+    assert measured[0]["no"].timed == measured[0]["bf16"].timed  # both at the same batch sizes
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("precision: ")] == [
         "precision: fp32 300 img/s, bf16 100 img/s at batch 16 on this CPU (measured on a copy of the "
