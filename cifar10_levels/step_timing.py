@@ -74,12 +74,14 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
     """Seconds of a step of `batch` images, measured in about `seconds` (default PROBE_SECONDS).
 
     A step is `images_step(n)` (forward and backward) and then `fixed_step()` (the optimizer step: the
-    same for any batch; large for Muon on a CPU), timed apart. The images part is timed at SMALL_BATCH
-    and at the largest batch up to `batch` that the small steps put under seconds / MIN_STEPS; a batch
-    larger than that gets the time on the line through the two (launches and small-batch overheads
-    are a fixed part there too), or in proportion to the small one when no larger batch fits (an upper
-    bound). `fastest`: each part's fastest call instead of the mean (for comparisons: other load only
-    ever slows a call down). `probe`: that larger batch, given (to compare two steps at the same sizes).
+    same for any batch; large for Muon on a CPU), timed apart. The images part is timed at SMALL_BATCH,
+    at 4x as many when that costs at most twice `seconds`, and at the largest batch up to `batch` that
+    the line through those two puts under seconds / MIN_STEPS. A batch larger than the largest timed
+    gets the time on the line through the smallest and the largest (launches and small-batch overheads
+    are a fixed part of the images step too), or in proportion to the small one when it alone was
+    timed (an upper bound). `fastest`: each part's fastest call instead of the mean (for comparisons:
+    other load only ever slows a call down). `probe`: the largest batch, given (to compare two steps
+    at the same sizes).
     """
     seconds = PROBE_SECONDS if seconds is None else seconds
 
@@ -93,18 +95,36 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
             fixed_step()
     sync()
     small_times = call_seconds(lambda: images_step(small), seconds / 4, sync, clock)
-    small_seconds = summary(small_times)
-    if probe is None:
-        probe = max(small, min(batch, int(seconds / MIN_STEPS / min(small_times) * small)))
-    images_seconds = small_seconds * batch / small
-    if probe > small:
-        images_step(probe)  # warm-up at this batch's shapes
-        probe_seconds = summary(call_seconds(lambda: images_step(probe), seconds / 2, sync, clock))
-        per_image = (probe_seconds - small_seconds) / (probe - small)
-        images_seconds = probe_seconds + per_image * (batch - probe) if per_image > 0 else \
-            probe_seconds * batch / probe  # noise made the small steps the slower: in proportion
-    fixed = 0.0 if fixed_step is None else summary(call_seconds(fixed_step, seconds / 4, sync, clock))
-    return StepCost(images_seconds + fixed, batch, tuple(dict.fromkeys((small, probe))))
+    timed = {small: summary(small_times)}
+    second = min(batch, 4 * small)
+    if probe is None and second > small and min(small_times) * second / small <= 2 * seconds:
+        images_step(second)  # warm-up at this batch's shapes
+        timed[second] = summary(call_seconds(lambda: images_step(second), seconds / 4, sync, clock))
+        per_image, fixed = line_through(timed)
+        largest = int((seconds / MIN_STEPS - fixed) / per_image) if per_image > 0 else 4 * second
+        probe = min(batch, largest) if largest > second else None
+    if probe is not None and probe not in timed:
+        images_step(probe)
+        timed[probe] = summary(call_seconds(lambda: images_step(probe), seconds / 2, sync, clock))
+    if batch in timed:
+        images_seconds = timed[batch]
+    elif len(timed) == 1:
+        images_seconds = timed[small] * batch / small
+    else:
+        per_image, fixed = line_through(timed)
+        images_seconds = fixed + per_image * batch
+    fixed_seconds = 0.0 if fixed_step is None else summary(call_seconds(fixed_step, seconds / 4, sync, clock))
+    return StepCost(images_seconds + fixed_seconds, batch, tuple(sorted(timed)))
+
+
+def line_through(timed: dict[int, float]) -> tuple[float, float]:
+    """(seconds per image, fixed seconds) of the line through the smallest and the largest batch
+    timed; when noise makes the larger batch no slower, in proportion to the larger (an upper bound)."""
+    low, high = min(timed), max(timed)
+    per_image = (timed[high] - timed[low]) / (high - low)
+    if per_image <= 0:
+        return timed[high] / high, 0.0
+    return per_image, max(timed[low] - per_image * low, 0.0)
 
 
 def cached_inputs(make: Callable[[int], tuple]) -> Callable[[int], tuple]:

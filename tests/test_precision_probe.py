@@ -51,14 +51,14 @@ def test_a_batch_that_fits_is_timed_whole():
     machine = FakeMachine(per_image=0.001, optimizer=0.01)
     cost = step_cost(machine.images_step, 128, machine.optimizer_step, seconds=2.0, clock=machine.clock)
     assert cost.seconds == pytest.approx(0.128 + 0.01) and cost.batch == 128
-    assert max(machine.sizes) == 128 and cost.timed == (16, 128)
+    assert max(machine.sizes) == 128 and cost.timed[-1] == 128
 
 
 def test_a_batch_too_slow_to_run_whole_is_scaled_from_a_smaller_one_plus_the_optimizer_step():
     machine = FakeMachine(per_image=0.002, optimizer=0.5)   # a step of 2000 images: 4.5 s
     cost = step_cost(machine.images_step, 2000, machine.optimizer_step, seconds=2.0, clock=machine.clock)
     assert cost.seconds == pytest.approx(0.002 * 2000 + 0.5)
-    assert 16 < max(machine.sizes) < 2000 and cost.timed == (16, max(machine.sizes))
+    assert 16 < max(machine.sizes) < 2000 and cost.timed == (16, 64, max(machine.sizes))
     assert 0.002 * max(machine.sizes) <= 2.0 / 3  # a probe step stayed under the cap
 
 
