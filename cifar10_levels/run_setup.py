@@ -42,8 +42,10 @@ def choose_precision(recipe: Recipe, opts: RunOptions) -> tuple[str, PrecisionVe
     if opts.mixed_precision:
         return opts.mixed_precision, None
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    device = PartialState().device
+    # as the Accelerator will: ACCELERATE_USE_CPU makes launched processes one group of CPU processes
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
     if device.type != "cpu":
         return default_precision(recipe), None
     verdict = agreed_cpu_precision(recipe, uses_channels_last(recipe, opts, device))

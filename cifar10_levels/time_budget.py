@@ -24,7 +24,7 @@ class RunCosts:
     """Seconds, per process, that a plan is made from."""
 
     step_seconds: tuple[float, ...]   # one optimizer step of each phase
-    eval_seconds: float               # validation after each epoch (a partial one too)
+    epoch_end_seconds: float          # after each epoch (a partial one too): validation, checkpoints
     final_eval_seconds: float         # the test split with the recipe's TTA views
     spent_seconds: float              # the process before training: start-up, data, model, measuring
 
@@ -32,7 +32,7 @@ class RunCosts:
 def training_seconds(steps: Sequence[int], steps_per_epoch: int, costs: RunCosts) -> float:
     """Training and per-epoch validation of `steps` optimizer steps per phase."""
     evaluations = sum(math.ceil(s / steps_per_epoch) for s in steps)
-    return sum(s * t for s, t in zip(steps, costs.step_seconds)) + evaluations * costs.eval_seconds
+    return sum(s * t for s, t in zip(steps, costs.step_seconds)) + evaluations * costs.epoch_end_seconds
 
 
 def phase_steps(budget_seconds: float, phase_epochs: Sequence[int], steps_per_epoch: int,
@@ -65,7 +65,8 @@ def phase_steps(budget_seconds: float, phase_epochs: Sequence[int], steps_per_ep
         raise UserError(
             f"--time-budget {format_duration(budget_seconds)}: too short to train {what} here "
             f"({costs.spent_seconds:.0f}s went to start-up, data loading and measuring, a step takes "
-            f"{max(costs.step_seconds):.1f}s, validation {costs.eval_seconds:.1f}s, the final test "
+            f"{max(costs.step_seconds):.1f}s, an epoch's validation and checkpoints "
+            f"{costs.epoch_end_seconds:.1f}s, the final test "
             f"{costs.final_eval_seconds:.1f}s); give at least {format_duration(math.ceil(needed))}")
     return steps
 
@@ -119,8 +120,8 @@ class BudgetPlan:
         c = self.costs
         return (f"time budget: {sum(e for _, e in trained):.1f} epochs{split} of {self.epoch_images:,} "
                 f"images fit in {format_duration(self.budget_seconds)} at "
-                f"{self.train_images_per_s:.0f} img/s ({sum(self.steps)} steps; validation "
-                f"{c.eval_seconds:.1f}s an epoch, final test {c.final_eval_seconds:.1f}s, "
+                f"{self.train_images_per_s:.0f} img/s ({sum(self.steps)} steps; validation and checkpoints "
+                f"{c.epoch_end_seconds:.1f}s an epoch, final test {c.final_eval_seconds:.1f}s, "
                 f"{c.spent_seconds:.0f}s before training; planned end at "
                 f"{format_duration(self.planned_seconds)})")
 

@@ -49,7 +49,7 @@ def test_a_bad_duration_is_a_one_line_exit_2(text, tmp_path, capsys):
 def test_one_phase_worked_example():
     # 190 s after the reserve, less 10 s spent and 20 s of final test: 160 s for steps of 1 s with
     # 5 s of validation after each 20-step epoch: 125 steps and 7 validations take 160 s, 126 steps 161 s
-    costs = RunCosts((1.0,), eval_seconds=5.0, final_eval_seconds=20.0, spent_seconds=10.0)
+    costs = RunCosts((1.0,), epoch_end_seconds=5.0, final_eval_seconds=20.0, spent_seconds=10.0)
     assert phase_steps(190 / (1 - RESERVE_FRACTION), [4], 20, costs) == (125,)
 
 
@@ -57,7 +57,7 @@ def test_one_phase_worked_example():
                                                   ((0, 20), (0.0, 2.0)), ((5, 20), (0.5, 0.5))])
 @pytest.mark.parametrize("budget", [120, 600, 3600, 7200])
 def test_plans_fit_keep_each_phase_share_and_leave_no_room_for_more(epochs, step_seconds, budget):
-    costs = RunCosts(step_seconds, eval_seconds=3.0, final_eval_seconds=15.0, spent_seconds=20.0)
+    costs = RunCosts(step_seconds, epoch_end_seconds=3.0, final_eval_seconds=15.0, spent_seconds=20.0)
     steps = phase_steps(budget, epochs, 50, costs)
     available = budget * (1 - RESERVE_FRACTION) - 20.0 - 15.0
     used = training_seconds(steps, 50, costs)
@@ -71,7 +71,7 @@ def test_plans_fit_keep_each_phase_share_and_leave_no_room_for_more(epochs, step
 
 
 def test_a_budget_too_small_for_a_step_of_each_phase_names_the_least_that_fits():
-    costs = RunCosts((0.5, 2.0), eval_seconds=3.0, final_eval_seconds=15.0, spent_seconds=20.0)
+    costs = RunCosts((0.5, 2.0), epoch_end_seconds=3.0, final_eval_seconds=15.0, spent_seconds=20.0)
     with pytest.raises(UserError) as raised:
         phase_steps(30, (5, 15), 50, costs)
     message = str(raised.value)
@@ -158,7 +158,7 @@ def same_weights(a: Path, b: Path) -> bool:
 # 60 s: 57 s after the reserve, less 2 s spent and 1 s of final test. Head steps 0.5 s, full 1 s,
 # validation 0.5 s: 14 head and 44 full steps (0.7 and 2.2 of the epochs 1 and 3) and 4 validations
 # take 53 s; 15 and 45 steps would take 54.5 s.
-COSTS = RunCosts((0.5, 1.0), eval_seconds=0.5, final_eval_seconds=1.0, spent_seconds=2.0)
+COSTS = RunCosts((0.5, 1.0), epoch_end_seconds=0.5, final_eval_seconds=1.0, spent_seconds=2.0)
 PLANNED = ["--epochs", "1", "3", "--time-budget", "1m"]
 
 
@@ -195,7 +195,7 @@ def test_the_plan_line(tiny_cifar, tmp_path, capsys):
 
 def test_whole_planned_epochs_train_exactly_as_the_same_epochs_without_a_budget(tiny_cifar, tmp_path):
     # 45 s: 42.75 s after the reserve, less 2 s spent: 40 steps of 1 s, two whole epochs
-    costs = RunCosts((0.0, 1.0), eval_seconds=0.0, final_eval_seconds=0.0, spent_seconds=2.0)
+    costs = RunCosts((0.0, 1.0), epoch_end_seconds=0.0, final_eval_seconds=0.0, spent_seconds=2.0)
     assert run(tiny_cifar, tmp_path / "budget", costs, "--epochs", "0", "1", "--time-budget", "45s") == 0
     assert run(tiny_cifar, tmp_path / "epochs", costs, "--epochs", "0", "2") == 0
     budget, epochs = tmp_path / "budget" / RUN, tmp_path / "epochs" / RUN
@@ -223,7 +223,7 @@ def test_resume_keeps_the_saved_plan_and_ends_as_the_uninterrupted_run(planned_r
 
 
 def test_a_budget_too_small_to_train_stops_before_training(tiny_cifar, tmp_path, capsys):
-    costs = RunCosts((0.5, 1.0), eval_seconds=0.5, final_eval_seconds=60.0, spent_seconds=2.0)
+    costs = RunCosts((0.5, 1.0), epoch_end_seconds=0.5, final_eval_seconds=60.0, spent_seconds=2.0)
     assert run(tiny_cifar, tmp_path, costs, *PLANNED, measure=False) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: --time-budget 1m00s: too short")
