@@ -16,6 +16,9 @@ PROBE_SECONDS = 2.0      # timed per measurement, after warm-up steps
 SMALL_BATCH = 16         # the first steps: warm-up, and the time per image that sizes the probe batch
 WARMUP_STEPS = 2         # untimed small steps first: the first calls build kernels and caches
 MIN_STEPS = 3            # a step of the probe batch takes at most PROBE_SECONDS / MIN_STEPS
+# 4x SMALL_BATCH is timed unless in proportion it would take longer than this many PROBE_SECONDS: with
+# small-batch overheads (or threads waiting on other programs) a step's fixed part can be most of it
+SECOND_BATCH_CAP = 3
 
 Step = Callable[[int], None]   # one step on n images
 
@@ -56,10 +59,10 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def call_seconds(call: Callable[[], None], seconds: float, sync: Callable[[], None],
-                 clock: Callable[[], float]) -> list[float]:
-    """Seconds of each call of `call`, called for about `seconds` (at least twice)."""
+                 clock: Callable[[], float], at_least: int = 2) -> list[float]:
+    """Seconds of each call of `call`, called for about `seconds` (at least `at_least` times)."""
     times: list[float] = []
-    while len(times) < 2 or sum(times) < seconds:
+    while len(times) < at_least or sum(times) < seconds:
         start = clock()
         call()
         sync()
@@ -75,7 +78,7 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
 
     A step is `images_step(n)` (forward and backward) and then `fixed_step()` (the optimizer step: the
     same for any batch; large for Muon on a CPU), timed apart. The images part is timed at SMALL_BATCH,
-    at 4x as many when that costs at most twice `seconds`, and at the largest batch up to `batch` that
+    at 4x as many (see SECOND_BATCH_CAP), and at the largest batch up to `batch` that
     the line through those two puts under seconds / MIN_STEPS. A batch larger than the largest timed
     gets the time on the line through the smallest and the largest (launches and small-batch overheads
     are a fixed part of the images step too), or in proportion to the small one when it alone was
@@ -96,16 +99,20 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
     sync()
     small_times = call_seconds(lambda: images_step(small), seconds / 4, sync, clock)
     timed = {small: summary(small_times)}
+    at_least = 2 if fastest else 1  # calls of each larger batch: a fastest of one call would be none
     second = min(batch, 4 * small)
-    if probe is None and second > small and min(small_times) * second / small <= 2 * seconds:
+    if probe is None and second > small and \
+            min(small_times) * second / small <= SECOND_BATCH_CAP * seconds:
         images_step(second)  # warm-up at this batch's shapes
-        timed[second] = summary(call_seconds(lambda: images_step(second), seconds / 4, sync, clock))
+        timed[second] = summary(call_seconds(lambda: images_step(second), seconds / 4, sync, clock,
+                                             at_least))
         per_image, fixed = line_through(timed)
         largest = int((seconds / MIN_STEPS - fixed) / per_image) if per_image > 0 else 4 * second
         probe = min(batch, largest) if largest > second else None
     if probe is not None and probe not in timed:
         images_step(probe)
-        timed[probe] = summary(call_seconds(lambda: images_step(probe), seconds / 2, sync, clock))
+        timed[probe] = summary(call_seconds(lambda: images_step(probe), seconds / 2, sync, clock,
+                                            at_least))
     if batch in timed:
         images_seconds = timed[batch]
     elif len(timed) == 1:

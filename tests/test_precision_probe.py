@@ -69,6 +69,14 @@ def test_a_fixed_part_of_the_images_step_is_found_from_two_batch_sizes():
     assert machine.now < 3 * 2.0  # the whole measurement stayed short
 
 
+def test_a_fixed_part_larger_than_the_cap_is_not_scaled_with_the_batch():
+    # small steps slower than seconds / MIN_STEPS (e.g. threads waiting on other programs): the
+    # second batch size still separates the fixed part from the part per image
+    machine = FakeMachine(per_image=0.004, overhead=1.0)
+    cost = step_cost(machine.images_step, 2000, seconds=2.0, clock=machine.clock)
+    assert cost.seconds == pytest.approx(1.0 + 0.004 * 2000) and cost.timed == (16, 64)
+
+
 def test_a_model_too_slow_for_any_larger_batch_is_scaled_from_the_small_one():
     machine = FakeMachine(per_image=0.1, optimizer=0.2)
     cost = step_cost(machine.images_step, 128, machine.optimizer_step, seconds=2.0, clock=machine.clock)
