@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 PROBE_SECONDS = 2.0      # timed per measurement, after warm-up steps
-SMALL_BATCH = 16         # the first steps: warm-up, and the time per image that sizes the probe batch
+SMALL_BATCH = 16         # the first steps (or 1/32 of a larger batch): warm-up, then the line's start
 WARMUP_STEPS = 2         # untimed small steps first: the first calls build kernels and caches
 MIN_STEPS = 3            # a step of the probe batch takes at most PROBE_SECONDS / MIN_STEPS
 # 4x SMALL_BATCH is timed unless in proportion it would take longer than this many PROBE_SECONDS: with
@@ -77,8 +77,8 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
     """Seconds of a step of `batch` images, measured in about `seconds` (default PROBE_SECONDS).
 
     A step is `images_step(n)` (forward and backward) and then `fixed_step()` (the optimizer step: the
-    same for any batch; large for Muon on a CPU), timed apart. The images part is timed at SMALL_BATCH,
-    at 4x as many (see SECOND_BATCH_CAP), and at the largest batch up to `batch` that
+    same for any batch; large for Muon on a CPU), timed apart. The images part is timed at a small
+    batch, at 4x as many (see SECOND_BATCH_CAP), and at the largest batch up to `batch` that
     the line through those two puts under seconds / MIN_STEPS. A batch larger than the largest timed
     gets the time on the line through the smallest and the largest (launches and small-batch overheads
     are a fixed part of the images step too), or in proportion to the small one when it alone was
@@ -91,7 +91,7 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
     def summary(times: list[float]) -> float:
         return min(times) if fastest else sum(times) / len(times)
 
-    small = min(batch, SMALL_BATCH)
+    small = min(batch, max(SMALL_BATCH, batch // 32))
     for _ in range(WARMUP_STEPS):
         images_step(small)
         if fixed_step is not None:

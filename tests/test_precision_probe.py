@@ -58,7 +58,7 @@ def test_a_batch_too_slow_to_run_whole_is_scaled_from_a_smaller_one_plus_the_opt
     machine = FakeMachine(per_image=0.002, optimizer=0.5)   # a step of 2000 images: 4.5 s
     cost = step_cost(machine.images_step, 2000, machine.optimizer_step, seconds=2.0, clock=machine.clock)
     assert cost.seconds == pytest.approx(0.002 * 2000 + 0.5)
-    assert 16 < max(machine.sizes) < 2000 and cost.timed == (16, 64, max(machine.sizes))
+    assert 16 < max(machine.sizes) < 2000 and cost.timed == (62, 248, max(machine.sizes))  # 2000 // 32
     assert 0.002 * max(machine.sizes) <= 2.0 / 3  # a probe step stayed under the cap
 
 
@@ -74,7 +74,7 @@ def test_a_fixed_part_larger_than_the_cap_is_not_scaled_with_the_batch():
     # second batch size still separates the fixed part from the part per image
     machine = FakeMachine(per_image=0.004, overhead=1.0)
     cost = step_cost(machine.images_step, 2000, seconds=2.0, clock=machine.clock)
-    assert cost.seconds == pytest.approx(1.0 + 0.004 * 2000) and cost.timed == (16, 64)
+    assert cost.seconds == pytest.approx(1.0 + 0.004 * 2000) and cost.timed == (62, 248)
 
 
 def test_a_model_too_slow_for_any_larger_batch_is_scaled_from_the_small_one():
