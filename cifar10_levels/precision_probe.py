@@ -17,7 +17,8 @@ from .data import NUM_CLASSES, cache_dir
 from .files import write_json
 from .recipes import Recipe
 from . import step_timing
-from .step_timing import StepCost, autocast_for, cached_inputs, step_cost, training_step, untouched_rng
+from .step_timing import StepCost, autocast_for, cached_inputs, call_cost, images_cost, training_step, \
+    untouched_rng
 
 BF16_MIN_SPEEDUP = 1.10   # bf16 must train this many times as fast as fp32 to be chosen
 ROUNDS = 2                # fp32, bf16, fp32, bf16: each precision's fastest round counts, and in
@@ -87,17 +88,19 @@ def measure_precisions(recipe: Recipe, channels_last: bool, device: torch.device
         inputs = cached_inputs(lambda n: (torch.randn(n, 3, size, size, device=device).contiguous(
             memory_format=layout), torch.randint(0, NUM_CLASSES, (n,), device=device)))
         loss = torch.nn.CrossEntropyLoss()
-        costs: dict[str, StepCost] = {}
+        images: dict[str, StepCost] = {}
         probe = None  # fp32's first round sizes the batches every round of both times
         for _ in range(ROUNDS):  # alternating: a burst of other load slows one round, not one precision
             for name in ("no", "bf16"):
                 images_step, optimizer_step = training_step(
                     model, optimizer, loss, inputs, functools.partial(autocast_for, device, name))
-                cost = step_cost(images_step, recipe.batch_size, optimizer_step,
-                                 step_timing.PROBE_SECONDS, fastest=True, probe=probe)
+                cost = images_cost(images_step, recipe.batch_size, step_timing.PROBE_SECONDS,
+                                   fastest=True, probe=probe)
                 probe = cost.timed[-1]
-                costs[name] = min(costs.get(name, cost), cost, key=lambda c: c.seconds)
-        return costs
+                images[name] = min(images.get(name, cost), cost, key=lambda c: c.seconds)
+        # the optimizer step runs outside autocast: the same for both
+        optimizer_seconds = call_cost(optimizer_step, step_timing.PROBE_SECONDS / 4, fastest=True)
+        return {name: StepCost(c.seconds + optimizer_seconds, c.batch, c.timed) for name, c in images.items()}
 
 
 def read_cache(path: Path) -> dict:

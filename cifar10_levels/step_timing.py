@@ -74,17 +74,38 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
               seconds: float | None = None, sync: Callable[[], None] = lambda: None,
               clock: Callable[[], float] = time.perf_counter, fastest: bool = False,
               probe: int | None = None) -> StepCost:
-    """Seconds of a step of `batch` images, measured in about `seconds` (default PROBE_SECONDS).
+    """Seconds of a step of `batch` images, measured in about `seconds` (default PROBE_SECONDS): the
+    images part (images_cost) and `fixed_step()` (the optimizer step: the same for any batch; large
+    for Muon on a CPU), timed apart."""
+    cost = images_cost(images_step, batch, seconds, sync, clock, fastest, probe)
+    if fixed_step is None:
+        return cost
+    seconds = PROBE_SECONDS if seconds is None else seconds
+    return StepCost(cost.seconds + call_cost(fixed_step, seconds / 4, sync, clock, fastest), batch,
+                    cost.timed)
 
-    A step is `images_step(n)` (forward and backward) and then `fixed_step()` (the optimizer step: the
-    same for any batch; large for Muon on a CPU), timed apart. The images part is timed at a small
-    batch, at 4x as many (see SECOND_BATCH_CAP), and at the largest batch up to `batch` that
-    the line through those two puts under seconds / MIN_STEPS. A batch larger than the largest timed
-    gets the time on the line through the smallest and the largest (launches and small-batch overheads
-    are a fixed part of the images step too), or in proportion to the small one when it alone was
-    timed (an upper bound). `fastest`: each part's fastest call instead of the mean (for comparisons:
-    other load only ever slows a call down). `probe`: the largest batch, given (to compare two steps
-    at the same sizes).
+
+def call_cost(call: Callable[[], None], seconds: float, sync: Callable[[], None] = lambda: None,
+              clock: Callable[[], float] = time.perf_counter, fastest: bool = False) -> float:
+    """Seconds of one call of `call`, after a warm-up call, timed for about `seconds`."""
+    call()
+    sync()
+    times = call_seconds(call, seconds, sync, clock)
+    return min(times) if fastest else sum(times) / len(times)
+
+
+def images_cost(images_step: Step, batch: int, seconds: float | None = None,
+                sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter,
+                fastest: bool = False, probe: int | None = None) -> StepCost:
+    """Seconds of `images_step(batch)` (forward and backward of a batch), measured in about `seconds`.
+
+    Timed at a small batch, at 4x as many (see SECOND_BATCH_CAP), and at the largest batch up to
+    `batch` that the line through those two puts under seconds / MIN_STEPS. A batch larger than the
+    largest timed gets the time on the line through the smallest and the largest (launches and
+    small-batch overheads are a fixed part of it too), or in proportion to the small one when it alone
+    was timed (an upper bound). `fastest`: the fastest call of each batch instead of the mean (for
+    comparisons: other load only ever slows a call down). `probe`: that largest batch, given (to
+    compare two steps at the same sizes).
     """
     seconds = PROBE_SECONDS if seconds is None else seconds
 
@@ -94,8 +115,6 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
     small = min(batch, max(SMALL_BATCH, batch // 32))
     for _ in range(WARMUP_STEPS):
         images_step(small)
-        if fixed_step is not None:
-            fixed_step()
     sync()
     small_times = call_seconds(lambda: images_step(small), seconds / 4, sync, clock)
     timed = {small: summary(small_times)}
@@ -120,8 +139,7 @@ def step_cost(images_step: Step, batch: int, fixed_step: Callable[[], None] | No
     else:
         per_image, fixed = line_through(timed)
         images_seconds = fixed + per_image * batch
-    fixed_seconds = 0.0 if fixed_step is None else summary(call_seconds(fixed_step, seconds / 4, sync, clock))
-    return StepCost(images_seconds + fixed_seconds, batch, tuple(sorted(timed)))
+    return StepCost(images_seconds, batch, tuple(sorted(timed)))
 
 
 def line_through(timed: dict[int, float]) -> tuple[float, float]:
