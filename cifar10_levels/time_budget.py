@@ -117,12 +117,12 @@ class BudgetPlan:
     def line(self) -> str:
         trained = [(n, self.epochs(i)) for i, n in enumerate(self.phase_names) if self.steps[i]]
         split = f" ({', '.join(f'{n} {e:.2f}' for n, e in trained)})" if len(trained) > 1 else ""
-        c = self.costs
-        return (f"time budget: {sum(e for _, e in trained):.1f} epochs{split} of {self.epoch_images:,} "
-                f"images fit in {format_duration(self.budget_seconds)} at "
-                f"{self.train_images_per_s:.0f} img/s ({sum(self.steps)} steps; validation and checkpoints "
-                f"{c.epoch_end_seconds:.1f}s an epoch, final test {c.final_eval_seconds:.1f}s, "
-                f"{c.spent_seconds:.0f}s before training; planned end at "
+        c, total, steps = self.costs, sum(e for _, e in trained), sum(self.steps)
+        return (f"time budget: {total:.{1 if total >= 1 else 2}f} epochs{split} of "
+                f"{self.epoch_images:,} images fit in {format_duration(self.budget_seconds)} at "
+                f"{self.train_images_per_s:.0f} img/s ({steps} step{'s' if steps > 1 else ''}; "
+                f"validation and checkpoints {c.epoch_end_seconds:.1f}s an epoch, final test "
+                f"{c.final_eval_seconds:.1f}s, {c.spent_seconds:.0f}s before training; planned end at "
                 f"{format_duration(self.planned_seconds)})")
 
     def results(self, process_seconds: float, resumed: bool) -> dict:
