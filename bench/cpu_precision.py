@@ -1,7 +1,7 @@
 """Does bf16 pay on this CPU? fp32 vs bf16 for a matmul, a conv, and a cifar_speednet training step.
 
-The fast recipe trains in bf16 only where the CPU has AMX tiles (precision.default_precision); this
-benchmark is the evidence for that rule on the machine at hand. Each row alternates fp32 and bf16
+A CPU run without --mixed-precision times both on its own model (cifar10_levels/precision_probe.py);
+this benchmark shows why, on the machine at hand, with kernels and a model step. Each row alternates fp32 and bf16
 rounds and prints the median rate of each and the per-round ratio bf16 / fp32 (> 1: bf16 is faster).
 
     python bench/cpu_precision.py --repeats 5

@@ -41,3 +41,18 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be >= 0")
     return value
+
+
+DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def duration(text: str) -> float:
+    """Seconds of a duration such as 90s, 10m, 2h or 1h30m (a bare number is seconds)."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?",
+                         text.strip().lower())
+    if not text.strip() or match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; write e.g. 90s, 10m, 2h or 1h30m")
+    seconds = sum(float(v) * unit for v, unit in zip(match.groups(), DURATION_UNITS.values()) if v)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be longer than 0s")
+    return seconds

@@ -16,7 +16,7 @@ class RunOptions:
     pretrained_file: str | None = None
     resume: bool = False
     overwrite: bool = False                # replace the run already in the run directory
-    mixed_precision: str | None = None     # None: precision.default_precision
+    mixed_precision: str | None = None     # None: run_setup.choose_precision
     grad_accum: int = 1
     lr_scaling: str = "none"               # none | linear (lr x global batch / recipe batch)
     compile: bool = False
@@ -28,3 +28,4 @@ class RunOptions:
     run_name: str | None = None
     log_checkpoint: bool = False
     progress: bool = True
+    time_budget: float | None = None       # seconds the whole process may take (--time-budget)

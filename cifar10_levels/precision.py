@@ -3,21 +3,23 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .precision_probe import PrecisionVerdict
 
 # torch's default; tests raise it to force overflowing (skipped) steps
 INITIAL_SCALE = 2.0 ** 16
 
 
 def default_precision(recipe) -> str:
-    """bf16 where the GPU computes it natively (compute capability >= 8), else fp16 with scaling."""
+    """bf16 where the GPU computes it natively (compute capability >= 8), else fp16 with scaling; on a
+    CPU fp32 until measured (precision_probe.py times bf16 against it for the run's own model)."""
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
-    # Without AMX tiles oneDNN's bf16 kernels run slower than fp32 (bench/cpu_precision.py: 0.69x for
-    # a cifar_speednet step on an AVX512-BF16 Xeon), so bf16 only pays where AMX is present.
-    bf16_fast = torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported()
-    return "bf16" if recipe.optimizer == "fast" and bf16_fast else "no"
+    return "no"
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Amp:
     name: str
     scaler: torch.amp.GradScaler | None
     cpu_dtype: torch.dtype | None = None   # autocast we add; Accelerate autocasts inside the prepared model
+    measured: PrecisionVerdict | None = None  # on a CPU without --mixed-precision: the speeds that chose it
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast("cpu", dtype=self.cpu_dtype) if self.cpu_dtype else nullcontext()

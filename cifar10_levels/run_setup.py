@@ -15,13 +15,14 @@ from .data import CIFAR10, make_loader
 from .errors import UserError
 from .options import RunOptions
 from .precision import Amp, default_precision
+from .precision_probe import PrecisionVerdict, agreed_cpu_precision
 from .recipes import Recipe
 from .trackers import tracker_names
 
 
 def make_accelerator(recipe: Recipe, opts: RunOptions, run_dir: Path) -> tuple[Accelerator, Amp]:
     """The run's Accelerator and precision, checked to have formed what the launch asked for."""
-    precision = opts.mixed_precision or default_precision(recipe)
+    precision, measured = choose_precision(recipe, opts)
     accelerator = Accelerator(
         mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
         # data_seed: the same shuffle on every process (the global seed differs per process)
@@ -29,9 +30,26 @@ def make_accelerator(recipe: Recipe, opts: RunOptions, run_dir: Path) -> tuple[A
             use_seedable_sampler=True, data_seed=recipe.seed, non_blocking=torch.cuda.is_available()),
         log_with=tracker_names(opts.report_to) or None, project_dir=str(run_dir))
     amp = Amp.for_accelerator(accelerator, precision)
+    amp.measured = measured
     check_one_process_group(accelerator)
     check_fsdp_formed(accelerator)
     return accelerator, amp
+
+
+def choose_precision(recipe: Recipe, opts: RunOptions) -> tuple[str, PrecisionVerdict | None]:
+    """--mixed-precision when given; on CUDA the compute capability's; on a CPU the faster one, measured
+    before the Accelerator exists (it takes the precision when built) and the same on every process."""
+    if opts.mixed_precision:
+        return opts.mixed_precision, None
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # as the Accelerator will: ACCELERATE_USE_CPU makes launched processes one group of CPU processes
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    if device.type != "cpu":
+        return default_precision(recipe), None
+    verdict = agreed_cpu_precision(recipe, uses_channels_last(recipe, opts, device))
+    return verdict.choice, verdict
 
 
 def check_one_process_group(accelerator: Accelerator) -> None:

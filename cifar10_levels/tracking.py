@@ -50,6 +50,8 @@ def run_config(trainer) -> dict:
                  "test": len(data.test), "train_limit": opts.train_limit,
                  "eval_limit": opts.eval_limit},
         "resumed": opts.resume,
+        "precision_probe": trainer.amp.measured and trainer.amp.measured.record(),
+        "time_budget": trainer.plan and trainer.plan.to_dict(),
     }
 
 

@@ -19,3 +19,4 @@ class TrainState:
     nonfinite: int = 0
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    budget_plan: dict | None = None   # --time-budget's plan (time_budget.BudgetPlan), kept for --resume

@@ -29,6 +29,8 @@ from .run_setup import check_batch_fits, make_accelerator, make_loaders, make_lo
     uses_channels_last
 from .rundir import STATE_DIR, run_dir
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
+from .time_budget import TrainingLength
+from .time_budget_probe import process_seconds, run_plan
 from .tracking import RunLog, write_history
 from .train_state import TrainState
 
@@ -65,8 +67,10 @@ class Trainer:
         self.state = TrainState()
         self.stop = StopFlag(accelerator)
         self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None
-        total_steps = sum(p.epochs for p in recipe.phases) * len(self.train_loader) \
-            // accelerator.num_processes
+        self.plan = run_plan(self)  # --time-budget: the steps that fit, or on --resume the saved plan
+        self.state.budget_plan = self.plan and self.plan.to_dict()
+        self.length = TrainingLength(recipe, len(self.train_loader), opts.grad_accum, self.plan)
+        total_steps = self.length.total_epochs * len(self.train_loader) // accelerator.num_processes
         self.warn_if_slow = SlowRunWarning(total_steps, self.device_name(), self.print)
         self.log = RunLog(self)
 
@@ -92,6 +96,9 @@ class Trainer:
         self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
                    f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
+        for planned in (self.amp.measured, self.plan):
+            if planned is not None:
+                self.print(planned.line())
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
         self.store.prepare_output_dir()
@@ -107,15 +114,15 @@ class Trainer:
         with self.stop:
             try:
                 for index, phase in enumerate(recipe.phases):
-                    if phase.epochs == 0 or index < self.state.phase:
+                    if self.length.epochs(index) == 0 or index < self.state.phase:
                         continue
                     if index > self.state.phase:
                         self.state.phase, self.state.epoch, self.state.step = index, 0, 0
-                    self.prepare_phase(phase)
+                    self.prepare_phase(index, phase)
                     if resuming:
                         accelerator.load_state(str(self.store.state_dir))
                         resuming = False
-                    self.run_phase(phase, started)
+                    self.run_phase(index, phase, started)
             except Stopped:
                 self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; "
                            "continue with the same command and --resume")
@@ -126,12 +133,11 @@ class Trainer:
                 raise
         return self.finish(time.perf_counter() - started)
 
-    def prepare_phase(self, phase: Phase) -> None:
+    def prepare_phase(self, index: int, phase: Phase) -> None:
         set_backbone_trainable(self.base_model, phase.train_backbone)
         lr = scaled_lr(phase.lr, self.recipe, self.global_batch, self.opts.lr_scaling)
         optimizer = build_optimizer(self.base_model, self.recipe, lr)
-        total = phase.epochs * len(self.train_loader) // self.opts.grad_accum
-        scheduler = build_scheduler(optimizer, self.recipe, total,
+        scheduler = build_scheduler(optimizer, self.recipe, self.length.scheduler_steps(index),
                                     steps_per_epoch=len(self.train_loader) / self.opts.grad_accum)
         self.accelerator.free_memory()  # forget the previous phase's wrappers so save_state holds this one
         model = torch.compile(self.base_model) if self.opts.compile else self.base_model
@@ -150,15 +156,16 @@ class Trainer:
                                self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
                                hooks, self.recipe.clip_grad, self.ema)
 
-    def run_phase(self, phase: Phase, started: float) -> None:
+    def run_phase(self, index: int, phase: Phase, started: float) -> None:
         state = self.state
-        total_epochs = sum(p.epochs for p in self.recipe.phases)
-        while state.epoch < phase.epochs:
+        total_epochs = self.length.total_epochs
+        while state.epoch < self.length.epochs(index):
             set_train_mode(self.model, phase.train_backbone)
             self.prepared_train.set_epoch(state.epochs_done)
             loader = self.prepared_train
             if state.step:  # resuming mid-epoch: the same order, less the batches already done
                 loader = skip_first_batches(loader, state.step)
+            loader = self.length.limit(loader, index, state.epoch, state.step)
             stats = self.train_epoch(phase, loader)
             val = evaluate(self.accelerator, self.model, self.prepared_val, self.normalize,
                            autocast=self.amp.autocast)
@@ -206,6 +213,8 @@ class Trainer:
         results["wandb_url"] = self.log.wandb_url
         if final:
             results["final_weights"] = final
+        results["precision_probe"] = self.amp.measured and self.amp.measured.record()
+        results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.opts.resume)
         self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc, state.best_weights)
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",

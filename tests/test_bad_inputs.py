@@ -142,6 +142,8 @@ CASES = [
     Case("--resume with nothing to resume", ("--resume",), "--resume"),
     Case("--resume with --overwrite", ("--resume", "--overwrite"), "--resume and --overwrite"),
     Case("run name that is a path", ("--run-name", "../elsewhere"), "--run-name"),
+    Case("time budget not a duration", ("--time-budget", "10minutes"), "--time-budget"),
+    Case("time budget too short to train", ("--time-budget", "1s"), "--time-budget 0m01s: too short"),
 ]
 
 

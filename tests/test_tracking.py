@@ -119,6 +119,10 @@ def test_wandb_run_names_config_and_summary_match_results(logged_run):
     assert run.config["hardware"]["num_processes"] == 1
     assert {"torch", "timm", "accelerate", "wandb"} <= set(run.config["versions"])
     assert "git_commit" in run.config
+    # the CPU's fp32/bf16 speeds that chose the precision, as in results.json
+    assert run.config["precision_probe"]["choice"] == results["precision_probe"]["choice"] == \
+        results["precision"]
+    assert run.config["precision_probe"]["fp32_images_per_s"] == results["precision_probe"]["fp32_images_per_s"]
     summary = run.summary
     assert summary["test/acc"] == results["test_acc"]
     assert summary["test/acc_tta"] == results["test_acc_tta"]

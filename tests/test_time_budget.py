@@ -1,0 +1,237 @@
+"""--time-budget: the plan (pure arithmetic on measured costs), the loop that trains exactly the
+planned steps with a schedule that ends with them, and --resume keeping the plan.
+
+Costs are injected (timings mean nothing on a shared test machine); the real measurement on a copy of
+the model still runs before them in the end-to-end runs, so they also show it leaves the run alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cifar10_levels import step_hooks, step_timing, time_budget_probe
+from cifar10_levels.arguments import duration
+from cifar10_levels.cli import train_main
+from cifar10_levels.errors import UserError
+from cifar10_levels.recipes import get_recipe
+from cifar10_levels.time_budget import RESERVE_FRACTION, BudgetPlan, RunCosts, TrainingLength, \
+    phase_steps, training_seconds
+
+from conftest import TINY_TRAIN
+
+REAL_MEASUREMENT = time_budget_probe.measure_costs
+RUN = "L1-test_resnet-s42"
+# 160 images in batches of 8: 20 steps an epoch
+SMALL = ["--arch", "test_resnet", "--train-limit", "160", "--eval-limit", "20", "--batch-size", "8",
+         "--lr", "1e-2", "1e-2"]
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400),
+                                           ("1h30m15s", 5415), ("45", 45), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10 minutes", "", "m", "0s", "1d", "h1"])
+def test_a_bad_duration_is_a_one_line_exit_2(text, tmp_path, capsys):
+    assert train_main(["--time-budget", text, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "--time-budget" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_phase_worked_example():
+    # 190 s after the reserve, less 10 s spent and 20 s of final test: 160 s for steps of 1 s with
+    # 5 s of validation after each 20-step epoch: 125 steps and 7 validations take 160 s, 126 steps 161 s
+    costs = RunCosts((1.0,), epoch_end_seconds=5.0, final_eval_seconds=20.0, spent_seconds=10.0)
+    assert phase_steps(190 / (1 - RESERVE_FRACTION), [4], 20, costs) == (125,)
+
+
+@pytest.mark.parametrize("epochs, step_seconds", [((4,), (1.0,)), ((5, 15), (0.3, 1.0)),
+                                                  ((0, 20), (0.0, 2.0)), ((5, 20), (0.5, 0.5))])
+@pytest.mark.parametrize("budget", [120, 600, 3600, 7200])
+def test_plans_fit_keep_each_phase_share_and_leave_no_room_for_more(epochs, step_seconds, budget):
+    costs = RunCosts(step_seconds, epoch_end_seconds=3.0, final_eval_seconds=15.0, spent_seconds=20.0)
+    steps = phase_steps(budget, epochs, 50, costs)
+    available = budget * (1 - RESERVE_FRACTION) - 20.0 - 15.0
+    used = training_seconds(steps, 50, costs)
+    assert used <= available
+    # growing the plan adds at most one step and one validation to each phase: none of that fits
+    assert available - used < sum(step_seconds) + len(epochs) * 3.0
+    trained = [(e, s) for e, s in zip(epochs, steps) if e]
+    assert all(s > 0 for _, s in trained) and all(s == 0 for e, s in zip(epochs, steps) if not e)
+    for (e1, s1), (e2, s2) in zip(trained, trained[1:]):  # each phase its share, to a step
+        assert abs(s1 / e1 - s2 / e2) < max(1 / e1, 1 / e2)
+
+
+def test_a_budget_too_small_for_a_step_of_each_phase_names_the_least_that_fits():
+    costs = RunCosts((0.5, 2.0), epoch_end_seconds=3.0, final_eval_seconds=15.0, spent_seconds=20.0)
+    with pytest.raises(UserError) as raised:
+        phase_steps(30, (5, 15), 50, costs)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("--time-budget 0m30s: too short")
+    least = duration(re.search(r"give at least (\S+)$", message).group(1))
+    assert phase_steps(least, (5, 15), 50, costs) >= (1, 1)
+    with pytest.raises(UserError):
+        phase_steps(least - 1, (5, 15), 50, costs)
+
+
+class FakeLoader:
+    def __init__(self, batches: int):
+        self.batches, self.ended = batches, False
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        yield from range(self.batches)
+
+    def end(self) -> None:
+        self.ended = True
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_planned_phase_ends_mid_epoch_and_its_schedule_ends_with_the_plan(grad_accum):
+    recipe = get_recipe("1")
+    per_epoch = 20 // grad_accum  # 20 batches a process per epoch, 2 processes
+    plan = BudgetPlan(600, ("head", "full"), (per_epoch // 2, 2 * per_epoch + 3), per_epoch, 64,
+                      64 * per_epoch, 2, RunCosts((0.5, 1.0), 1.0, 2.0, 3.0))
+    length = TrainingLength(recipe, 40, grad_accum, plan)
+    assert [length.epochs(0), length.epochs(1), length.total_epochs] == [1, 3, 4]
+    assert length.scheduler_steps(1) == (2 * per_epoch + 3) * 2  # Accelerate steps it once a process
+    whole = FakeLoader(20)
+    assert length.limit(whole, 1, 1, 0) is whole
+    last = length.limit(FakeLoader(20), 1, 2, 0)
+    assert len(last) == list(last)[-1] + 1 == 3 * grad_accum and last.loader.ended
+    assert len(length.limit(FakeLoader(20 - 1), 1, 2, 1)) == 3 * grad_accum - 1  # resumed after one
+    assert len(length.limit(FakeLoader(20), 0, 0, 0)) == per_epoch // 2 * grad_accum
+    unplanned = TrainingLength(recipe, 40, grad_accum, None)
+    assert [unplanned.epochs(i) for i in (0, 1)] == [p.epochs for p in recipe.phases]
+    assert unplanned.scheduler_steps(1) == recipe.phases[1].epochs * 40 // grad_accum
+    assert unplanned.limit(whole, 1, 14, 0) is whole
+
+
+def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | None = None,
+        measure: bool = True) -> int:
+    """train.py in this process, the plan made from `costs` (after the real measurement when
+    `measure`); `stop_at`: SIGTERM's path (save, exit 143) taken at that global step."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def fake_costs(trainer) -> RunCosts:
+        if measure:
+            REAL_MEASUREMENT(trainer)
+        return costs
+
+    after_step = step_hooks.StepHooks.after_step
+
+    def stopping_after_step(self, *step_args):
+        if stop_at is not None and self.state.global_step + 1 == stop_at:
+            self.accelerator.set_trigger()
+        return after_step(self, *step_args)
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step_timing, "PROBE_SECONDS", 0.2)
+        patch.setattr(time_budget_probe, "measure_costs", fake_costs)
+        patch.setattr(time_budget_probe, "process_seconds", lambda: costs.spent_seconds)
+        patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
+        return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
+                           "--mixed-precision", "no", *args])
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    ta, tb = load_file(a), load_file(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+# 60 s: 57 s after the reserve, less 2 s spent and 1 s of final test. Head steps 0.5 s, full 1 s,
+# validation 0.5 s: 14 head and 44 full steps (0.7 and 2.2 of the epochs 1 and 3) and 4 validations
+# take 53 s; 15 and 45 steps would take 54.5 s.
+COSTS = RunCosts((0.5, 1.0), epoch_end_seconds=0.5, final_eval_seconds=1.0, spent_seconds=2.0)
+PLANNED = ["--epochs", "1", "3", "--time-budget", "1m"]
+
+
+@pytest.fixture(scope="module")
+def planned_run(tiny_cifar, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("planned")
+    assert run(tiny_cifar, out, COSTS, *PLANNED) == 0
+    return out / RUN
+
+
+def test_a_budget_run_trains_the_planned_steps_and_its_schedule_ends_with_them(planned_run):
+    results = json.loads((planned_run / "results.json").read_text())
+    plan = results["time_budget"]
+    assert plan["planned_steps"] == {"head": 14, "full": 44} and plan["budget_seconds"] == 60
+    assert plan["planned_epochs"] == pytest.approx({"head": 0.7, "full": 2.2})
+    assert plan["planned_seconds"] == pytest.approx(2 + 14 * 0.5 + 44 * 1.0 + 4 * 0.5 + 1)
+    assert plan["actual_seconds"] > 0 and not plan["resumed"]
+    state = json.loads((planned_run / "state" / "train_state.json").read_text())
+    assert state["global_step"] == 14 + 44 and state["budget_plan"]["steps"] == [14, 44]
+    epochs = history(planned_run)
+    assert [e["phase"] for e in epochs] == ["head", "full", "full", "full"]
+    head_end, full_first, full_end = epochs[0]["lr"], epochs[1]["lr"], epochs[-1]["lr"]
+    assert head_end == pytest.approx(0, abs=1e-12) and full_end == pytest.approx(0, abs=1e-12)
+    # after 20 of the full phase's 44 steps: cosine on 44 steps, not on the recipe's 60
+    assert full_first == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 20 / 44)))
+
+
+def test_the_plan_line(tiny_cifar, tmp_path, capsys):
+    assert run(tiny_cifar, tmp_path, COSTS, *PLANNED, measure=False) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("time budget: ")]
+    assert line.startswith("time budget: 2.9 epochs (head 0.70, full 2.20) of 160 images fit in 1m00s "
+                           f"at {58 * 8 / (14 * 0.5 + 44):.0f} img/s (58 steps;")
+
+
+def test_whole_planned_epochs_train_exactly_as_the_same_epochs_without_a_budget(tiny_cifar, tmp_path):
+    # 45 s: 42.75 s after the reserve, less 2 s spent: 40 steps of 1 s, two whole epochs
+    costs = RunCosts((0.0, 1.0), epoch_end_seconds=0.0, final_eval_seconds=0.0, spent_seconds=2.0)
+    assert run(tiny_cifar, tmp_path / "budget", costs, "--epochs", "0", "1", "--time-budget", "45s") == 0
+    assert run(tiny_cifar, tmp_path / "epochs", costs, "--epochs", "0", "2") == 0
+    budget, epochs = tmp_path / "budget" / RUN, tmp_path / "epochs" / RUN
+    assert json.loads((budget / "results.json").read_text())["time_budget"]["planned_steps"]["full"] == 40
+    assert [(e["train_loss"], e["val_loss"], e["lr"]) for e in history(budget)] == \
+        [(e["train_loss"], e["val_loss"], e["lr"]) for e in history(epochs)]
+    assert same_weights(budget / "last.safetensors", epochs / "last.safetensors")
+
+
+def test_resume_keeps_the_saved_plan_and_ends_as_the_uninterrupted_run(planned_run, tiny_cifar, tmp_path):
+    assert run(tiny_cifar, tmp_path, COSTS, *PLANNED, stop_at=30) == 143
+    slower = RunCosts((5.0, 10.0), 5.0, 10.0, 2.0)  # a new plan would train far fewer steps
+    assert run(tiny_cifar, tmp_path, slower, *PLANNED, "--resume", measure=False) == 0
+    resumed = tmp_path / RUN
+    plan = json.loads((resumed / "results.json").read_text())["time_budget"]
+    assert plan["planned_steps"] == {"head": 14, "full": 44} and plan["resumed"]
+    assert json.loads((resumed / "state" / "train_state.json").read_text())["global_step"] == 58
+    got, expected = history(resumed), history(planned_run)
+    assert [(e["val_loss"], e["val_acc"], e["lr"]) for e in got] == \
+        [(e["val_loss"], e["val_acc"], e["lr"]) for e in expected]
+    # the epoch restarted at its step 16 averages its train loss over the batches after the restart
+    assert [e["train_loss"] for i, e in enumerate(got) if i != 1] == \
+        [e["train_loss"] for i, e in enumerate(expected) if i != 1]
+    assert same_weights(resumed / "last.safetensors", planned_run / "last.safetensors")
+
+
+def test_a_budget_too_small_to_train_stops_before_training(tiny_cifar, tmp_path, capsys):
+    costs = RunCosts((0.5, 1.0), epoch_end_seconds=0.5, final_eval_seconds=60.0, spent_seconds=2.0)
+    assert run(tiny_cifar, tmp_path, costs, *PLANNED, measure=False) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --time-budget 1m00s: too short")
+    assert not (tmp_path / RUN).exists()
+
+
+def test_a_budget_cannot_be_added_to_a_run_started_without_one(tiny_cifar, tmp_path, capsys):
+    assert run(tiny_cifar, tmp_path, COSTS, "--epochs", "0", "1", stop_at=10) == 143
+    assert run(tiny_cifar, tmp_path, COSTS, "--epochs", "0", "1", "--resume", "--time-budget", "1m",
+               measure=False) == 2
+    assert "--time-budget: the run in" in capsys.readouterr().err.strip().splitlines()[-1]
