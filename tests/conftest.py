@@ -115,8 +115,11 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CIFAR10_LEVELS_CACHE", str(tmp_path_factory.getbasetemp() / "decode_cache"))
 
 
+# fp32 unless a test says otherwise: the CPU precision probe (tests/test_precision_probe.py) would time
+# each new model and batch shape once more
+FP32 = ["--mixed-precision", "no"]
 TINY_TRAIN = ["--no-pretrained", "--img-size", "32", "--batch-size", "32", "--no-progress",
-              "--report-to", "none"]
+              "--report-to", "none", *FP32]
 
 
 def run_cli(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
@@ -147,10 +150,12 @@ def train_in_process(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 def train(dataset: Path, out: Path, *args: str, env: dict | None = None, check: bool = True,
-          new_process: bool = False) -> subprocess.CompletedProcess:
+          new_process: bool = False, probe_precision: bool = False) -> subprocess.CompletedProcess:
     """A tiny training run: in this process, or as the real command where the environment is part of
-    the test (`env`) or `new_process` asks for it."""
-    argv = ["--dataset", dataset, "--output-dir", out, *TINY_TRAIN, *args]
+    the test (`env`) or `new_process` asks for it; `probe_precision`: no --mixed-precision, so the run
+    measures its precision as a user's run on a CPU does."""
+    tiny = [a for a in TINY_TRAIN if a not in FP32] if probe_precision else TINY_TRAIN
+    argv = ["--dataset", dataset, "--output-dir", out, *tiny, *args]
     if env is None and not new_process:
         result = train_in_process([str(a) for a in argv])
     else:

@@ -19,7 +19,9 @@ from cifar10_levels.precision_probe import BF16_MIN_SPEEDUP, CACHE_FILE, cpu_pre
 from cifar10_levels.recipes import get_recipe
 from cifar10_levels.step_timing import StepCost, step_cost, untouched_rng
 
-from conftest import TINY_TRAIN
+from conftest import FP32, TINY_TRAIN
+
+MEASURED = [a for a in TINY_TRAIN if a not in FP32]  # no --mixed-precision: the run measures
 
 CPU = torch.device("cpu")
 REAL_MEASUREMENT = precision_probe.measure_precisions
@@ -183,7 +185,7 @@ def fresh_accelerate():
 
 def run(dataset, out, reset, *args: str) -> tuple[dict, str]:
     reset()
-    assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL, *args]) == 0
+    assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *MEASURED, *SMALL, *args]) == 0
     (results,) = out.glob("*/results.json")
     return json.loads(results.read_text()), results.parent
 

@@ -113,7 +113,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
 def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     out = tmp_path / "out"
     result = train(tiny_cifar, out, "--level", "fast", "--batch-size", "50", "--epochs", "2",
-                   "--train-limit", "200", "--eval-limit", "50")
+                   "--train-limit", "200", "--eval-limit", "50", probe_precision=True)
     run_dir = next(out.glob("*/results.json")).parent
     results = json.loads((run_dir / "results.json").read_text())
     expected_precision = results["precision_probe"]["choice"]  # what measured faster on this CPU

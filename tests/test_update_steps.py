@@ -26,7 +26,8 @@ WARMUP_EPOCHS, CLIP = 0.6, 0.05
 WARMUP_STEPS = round(WARMUP_EPOCHS * BATCHES / ACCUM)  # 4 optimizer steps (one process)
 ARGS = ["--arch", "test_resnet", "--train-limit", "160", "--eval-limit", "20", "--batch-size", "8",
         "--epochs", "1", "1", "--lr", *map(str, LRS), "--grad-accum", str(ACCUM), "--ema", "0.5",
-        "--clip-grad", str(CLIP), "--warmup-epochs", str(WARMUP_EPOCHS), "--no-decay-norm-bias"]
+        "--clip-grad", str(CLIP), "--warmup-epochs", str(WARMUP_EPOCHS), "--no-decay-norm-bias",
+        "--mixed-precision", "no"]  # no precision probe: its timed steps on a copy would count too
 
 
 def reset_accelerate() -> None:
