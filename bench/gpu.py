@@ -28,8 +28,9 @@ def measure(level: str, compile_model: bool, extra: list[str], repeats: int) -> 
         flags.append("--compile")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(flags, Path(tmp))
-        phase = trainer.recipe.phases[-1]
-        trainer.prepare_phase(phase)
+        index = len(trainer.recipe.phases) - 1
+        phase = trainer.recipe.phases[index]
+        trainer.prepare_phase(index, phase)
         runs = {"bare": timed_epoch_of_bare_loop(trainer, phase, len(trainer.prepared_train)),
                 "ours": timed_epoch_of_ours(trainer, phase)}
         peaks = {name: 0 for name in runs}

@@ -157,8 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(train_argv, Path(tmp))
         recipe = trainer.recipe
-        phase = recipe.phases[-1 if args.phase is None else args.phase]
-        trainer.prepare_phase(phase)
+        index = len(recipe.phases) - 1 if args.phase is None else args.phase
+        phase = recipe.phases[index]
+        trainer.prepare_phase(index, phase)
         timed = None
         if args.no_augment:
             trainer.augment = FixedBatch(trainer)

@@ -93,7 +93,7 @@ def logged_run(tiny_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("tracked")
     with pytest.MonkeyPatch.context() as mp:
         no_account(mp, tmp_path_factory.mktemp("home"))
-        result = train(tiny_cifar, out, *RUN_FLAGS, "--report-to", "all")
+        result = train(tiny_cifar, out, *RUN_FLAGS, "--report-to", "all", probe_precision=True)
     run_dir = out / "L1-test_resnet-s42"
     return result, run_dir, json.loads((run_dir / "results.json").read_text())
 
