@@ -26,27 +26,52 @@ TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
 
 
 def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int,
-              flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Each image shifted right by dx[i] and down by dy[i] (|shift| <= padding) with zero fill, then
-    mirrored where `flip` is set, for a whole uint8 batch as one gather from the padded batch."""
+              flip: torch.Tensor | None = None, fill: str = "constant") -> torch.Tensor:
+    """Each image shifted right by dx[i] and down by dy[i] (|shift| <= padding), the uncovered border
+    filled with zeros ("constant") or the mirrored edge ("reflect"), then mirrored where `flip` is
+    set, for a whole uint8 batch as one gather from the padded batch."""
     n, c, h, w = x.shape
     cols = torch.arange(w, device=x.device).expand(n, w)
     if flip is not None:
         cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
     rows = torch.arange(h, device=x.device) + (padding - dy.view(n, 1))
     index = (rows * (w + 2 * padding)).unsqueeze(2) + (cols + (padding - dx.view(n, 1))).unsqueeze(1)
-    padded = F.pad(x, (padding,) * 4).view(n, c, -1)
+    padded = F.pad(x, (padding,) * 4, mode=fill).reshape(n, c, -1)
     return padded.gather(2, index.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
-def random_crop_flip(x: torch.Tensor, padding: int, flip: bool) -> torch.Tensor:
-    """RandomCrop(size, padding) with zero fill, then a horizontal flip of a random half (a fresh
-    tensor; `x` is left alone)."""
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool | torch.Tensor,
+                     fill: str = "constant") -> torch.Tensor:
+    """RandomCrop(size, padding) with `fill` (translate's), then a horizontal flip of a random half,
+    or of the images where `flip` is a True mask (a fresh tensor; `x` is left alone)."""
     n = x.shape[0]
     dx = torch.randint(-padding, padding + 1, (n,), device=x.device)
     dy = torch.randint(-padding, padding + 1, (n,), device=x.device)
-    flipped = (torch.rand(n, device=x.device) < 0.5) if flip else None
-    return translate(x, dx, dy, padding, flipped)
+    if isinstance(flip, bool):
+        flip = (torch.rand(n, device=x.device) < 0.5) if flip else None
+    return translate(x, dx, dy, padding, flip, fill)
+
+
+class AlternatingFlip:
+    """airbench's flip: a fixed random half of the images mirrored in even epochs, the other half in
+    odd ones, so each image is seen both ways in every two epochs (a fresh coin per epoch repeats
+    a side half the time).
+
+    Which half an image belongs to is a parity of its pixels under weights drawn from `seed`: the
+    same on every process and after --resume, with no dataset index threaded through the loader.
+    """
+
+    def __init__(self, seed: int, pixels: int = 3 * 32 * 32):
+        generator = torch.Generator().manual_seed(seed)
+        self.weights = torch.randint(0, 2, (pixels,), generator=generator)
+        self.epoch = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: which images of the uint8 batch to mirror this epoch."""
+        flat = x.reshape(x.shape[0], -1)
+        weights = self.weights.to(x.device)[: flat.shape[1]]
+        half = (flat.long() * weights).sum(1) % 2 == 1
+        return half ^ bool(self.epoch % 2)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -133,12 +158,14 @@ class Normalizer:
 
 
 class TrainAugment:
-    """The training policy of a recipe, applied to a uint8 batch already on the device."""
+    """The training policy of a recipe, applied to a uint8 batch already on the device.
+    set_epoch(n) before each epoch (the alternating flip's parity)."""
 
     def __init__(self, policy: Augment, normalize: Normalizer, label_smoothing: float,
-                 num_classes: int, device: torch.device):
+                 num_classes: int, device: torch.device, seed: int = 0):
         self.policy = policy
         self.normalize = normalize
+        self.alternating_flip = AlternatingFlip(seed) if policy.flip and policy.flip_alternate else None
         self.erasing = None
         if policy.random_erasing > 0:
             from timm.data.random_erasing import RandomErasing
@@ -151,13 +178,18 @@ class TrainAugment:
                                switch_prob=0.5, mode="batch", label_smoothing=label_smoothing,
                                num_classes=num_classes)
 
+    def set_epoch(self, epoch: int) -> None:
+        if self.alternating_flip is not None:
+            self.alternating_flip.epoch = epoch
+
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, mix: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (inputs, targets); targets are soft (N, C) when Mixup/CutMix ran, else labels."""
         p = self.policy
         x = images
         if p.crop_padding or p.flip:
-            x = random_crop_flip(x, p.crop_padding, p.flip)
+            flip = self.alternating_flip(x) if self.alternating_flip is not None else p.flip
+            x = random_crop_flip(x, p.crop_padding, flip, p.crop_fill)
         if p.randaugment_ops:
             x = randaugment(x, p.randaugment_ops, p.randaugment_magnitude)
         # from here on one float buffer (0-255 values), changed in place

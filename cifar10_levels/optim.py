@@ -18,7 +18,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.
     1-d parameters: norm weights, biases; nor on the model's own no_weight_decay() names)."""
     if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
         return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size,
-                                      decay_biases=recipe.decay_norm_bias)
+                                      decay_biases=recipe.decay_norm_bias,
+                                      whiten_bias_fraction=recipe.whiten_bias_fraction)
     if recipe.decay_norm_bias:
         params = [p for p in model.parameters() if p.requires_grad]
     else:
@@ -34,13 +35,19 @@ def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int,
                     steps_per_epoch: float):
     """Per-step cosine (or linear) decay within a phase, after a linear warmup of the recipe's
-    `warmup_epochs` (in the scheduler's steps, `steps_per_epoch` of them an epoch)."""
+    `warmup_epochs` (in the scheduler's steps, `steps_per_epoch` of them an epoch). A parameter group
+    with "schedule_fraction" f < 1 runs the same schedule over the first f of the steps, then lr 0."""
     warmup = min(round(recipe.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
+    def schedule(steps: int):
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min((step - warmup) / max(steps - warmup, 1), 1.0)
+            return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
+        return factor
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    fractions = [group.get("schedule_fraction", 1.0) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [schedule(max(round(f * total_steps), warmup + 1) if f < 1 else total_steps)
+                    for f in fractions])

@@ -18,7 +18,9 @@ class Augment:
     """Training augmentation policy. Pixel ops run on uint8 32x32 batches, the rest after resize."""
 
     crop_padding: int = 4          # random crop 32 with this padding (0 = off)
+    crop_fill: str = "constant"    # the crop's border: "constant" (zeros) or "reflect"
     flip: bool = True
+    flip_alternate: bool = False   # True: a fixed half mirrored in even epochs, the rest in odd ones
     color_jitter: float = 0.2      # brightness, contrast, saturation strength (0 = off)
     randaugment_ops: int = 0       # RandAugment number of ops (0 = off)
     randaugment_magnitude: int = 9
@@ -54,6 +56,8 @@ class Recipe:
     ema_decay: float = 0.0         # EMA of the weights, timm's ModelEmaV3 in its warmup form (0 = off)
     decay_norm_bias: bool = True   # False: no weight decay on norm weights and biases (timm's groups)
     clip_grad: float = 0.0         # max gradient norm at each optimizer step (0 = off)
+    whiten_bias_fraction: float = 1.0  # cifar_speednet: its whitening bias trains over this fraction
+                                       # of each phase's steps, then stays (airbench: 3/8)
     pretrained: bool = True
     channels_last_cpu: bool = False  # on CUDA always; on a CPU where it measured faster
     mean: tuple[float, float, float] = IMAGENET_MEAN

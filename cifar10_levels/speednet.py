@@ -128,20 +128,27 @@ class SpeedNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def optimizer_groups(self, lr: float, weight_decay: float, batch_size: int,
-                         decay_biases: bool = True) -> "MuonWithSGD":
+                         decay_biases: bool = True, whiten_bias_fraction: float = 1.0) -> "MuonWithSGD":
         """Muon for conv filters; Nesterov SGD (lr per image x batch) for biases and the head.
 
         weight_decay is the fraction of an SGD-trained weight decayed per step at full lr;
         decay_biases=False: none on the biases (the whitening bias and BatchNorm shifts).
+        whiten_bias_fraction < 1: the whitening bias has a group of its own whose schedule ends (lr 0,
+        the bias frozen) after that fraction of the phase's steps (the scheduler reads
+        "schedule_fraction").
         """
         filters = [p for p in self.groups.parameters() if p.ndim == 4]
-        biases = [self.whiten_bias] + [p for p in self.groups.parameters() if p.ndim == 1]
+        norm_biases = [p for p in self.groups.parameters() if p.ndim == 1]
+        biases = [([self.whiten_bias] + norm_biases, 1.0)] if whiten_bias_fraction >= 1 else \
+            [([self.whiten_bias], whiten_bias_fraction), (norm_biases, 1.0)]
         groups = [dict(params=filters, lr=lr, muon=True, momentum=MUON_MOMENTUM, weight_decay=0.0)]
-        for params, per_image, decay in ((biases, BIAS_LR_PER_IMAGE, decay_biases),
-                                         (list(self.head.parameters()), HEAD_LR_PER_IMAGE, True)):
+        for params, per_image, decay, fraction in (
+                *((b, BIAS_LR_PER_IMAGE, decay_biases, f) for b, f in biases),
+                (list(self.head.parameters()), HEAD_LR_PER_IMAGE, True, 1.0)):
             group_lr = lr * per_image * batch_size
             groups.append(dict(params=params, lr=group_lr, muon=False, momentum=SGD_MOMENTUM,
-                               weight_decay=weight_decay / group_lr if decay else 0.0))
+                               weight_decay=weight_decay / group_lr if decay else 0.0,
+                               schedule_fraction=fraction))
         return MuonWithSGD(groups)
 
 
@@ -170,7 +177,8 @@ class MuonWithSGD(torch.optim.Optimizer):
     """
 
     def __init__(self, groups: list[dict]):
-        super().__init__(groups, dict(lr=0.0, muon=False, momentum=0.0, weight_decay=0.0))
+        super().__init__(groups, dict(lr=0.0, muon=False, momentum=0.0, weight_decay=0.0,
+                                      schedule_fraction=1.0))
 
     @torch.no_grad()
     def step(self, closure=None):

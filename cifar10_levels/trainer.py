@@ -60,7 +60,7 @@ class Trainer:
 
         self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last)
         self.augment = TrainAugment(recipe.augment, self.normalize, recipe.label_smoothing,
-                                    len(self.data.class_names), accelerator.device)
+                                    len(self.data.class_names), accelerator.device, recipe.seed)
         self.hard_loss, self.soft_loss = make_losses(recipe)
         loaders = make_loaders(self.data, recipe)
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
@@ -162,6 +162,7 @@ class Trainer:
         while state.epoch < self.length.epochs(index):
             set_train_mode(self.model, phase.train_backbone)
             self.prepared_train.set_epoch(state.epochs_done)
+            self.augment.set_epoch(state.epochs_done)
             loader = self.prepared_train
             if state.step:  # resuming mid-epoch: the same order, less the batches already done
                 loader = skip_first_batches(loader, state.step)

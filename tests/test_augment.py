@@ -8,7 +8,7 @@ import torch
 from accelerate.utils import set_seed
 
 from cifar10_levels.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop_flip,
-                                    tta_views)
+                                    translate, tta_views)
 from cifar10_levels.recipes import LEVELS, Augment
 
 NORM = Normalizer(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -286,3 +286,49 @@ def test_crop_then_flip_in_one_gather_equals_the_two_steps():
         top, left = 4 - int(dy[i]), 4 - int(dx[i])
         crop = padded[i, :, top:top + 32, left:left + 32]
         assert torch.equal(out[i], crop.flip(2) if flipped[i] else crop)
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_epochs():
+    from cifar10_levels.augment import AlternatingFlip
+
+    images = batch(400)
+    flip = AlternatingFlip(seed=3)
+    even = flip(images)
+    flip.epoch = 1
+    odd = flip(images)
+    assert torch.equal(odd, ~even)                  # every image one way in each of the two epochs
+    assert 0.4 < even.float().mean().item() < 0.6   # a random half, not all or none
+    flip.epoch = 2
+    assert torch.equal(flip(images), even)          # depends on the image and epoch parity only
+    assert torch.equal(flip(images.flip(0)), even.flip(0))  # not on the batch position
+    assert torch.equal(AlternatingFlip(seed=3)(images), even)  # every process, every --resume
+    assert not torch.equal(AlternatingFlip(seed=4)(images), even)  # another seed, another half
+
+
+def test_train_augment_applies_the_alternating_flip_per_epoch():
+    policy = Augment(crop_padding=0, flip=True, flip_alternate=True, color_jitter=0.0)
+    aug = TrainAugment(policy, NORM, 0.0, 10, torch.device("cpu"), seed=1)
+    images = batch(64)
+    labels = torch.zeros(64, dtype=torch.long)
+    aug.set_epoch(0)
+    x0, _ = aug(images, labels, False)
+    aug.set_epoch(1)
+    x1, _ = aug(images, labels, False)
+    plain = NORM(images)
+    mirrored0 = torch.tensor([torch.equal(a, b.flip(-1)) and not torch.equal(a, b)
+                              for a, b in zip(x0, plain)])
+    assert torch.equal(x0, torch.where(mirrored0.view(-1, 1, 1, 1), plain.flip(-1), plain))
+    assert torch.equal(x1, torch.where(mirrored0.view(-1, 1, 1, 1), plain, plain.flip(-1)))
+    assert 0 < mirrored0.sum() < 64
+
+
+def test_reflect_fill_mirrors_the_edge_instead_of_zeros():
+    x = batch(4)
+    n = len(x)
+    dx, dy = torch.full((n,), 2), torch.full((n,), -1)
+    out = translate(x, dx, dy, 2, fill="reflect")
+    padded = torch.nn.functional.pad(x, (2,) * 4, mode="reflect")
+    assert torch.equal(out, padded[:, :, 3:35, 0:32])   # content moved right 2 and up 1
+    zero = translate(x, dx, dy, 2)
+    assert torch.equal(zero[:, :, :, :2], torch.zeros_like(zero[:, :, :, :2]))
+    assert torch.equal(zero[:, :, :31, 2:], out[:, :, :31, 2:])  # the same content where both have it

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import timm
 import torch
 
@@ -133,3 +134,29 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
                     "--report-to", "none")
     assert voted.returncode == 0, voted.stderr
     assert "cifar_speednet" in voted.stdout and (tmp_path / "vote" / "ensemble_results.json").exists()
+
+
+def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
+    from cifar10_levels.optim import build_scheduler
+
+    torch.manual_seed(0)
+    model = SpeedNet()
+    recipe = get_recipe("fast").with_overrides(whiten_bias_fraction=0.375)
+    opt = model.optimizer_groups(0.24, 0.004, batch_size=8, whiten_bias_fraction=0.375)
+    assert [g["params"] for g in opt.param_groups][1] == [model.whiten_bias]
+    scheduler = build_scheduler(opt, recipe, total_steps=16, steps_per_epoch=4)   # bias: 6 steps
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    biases, lrs = [], []
+    for _ in range(16):
+        biases.append(model.whiten_bias.detach().clone())
+        lrs.append([g["lr"] for g in opt.param_groups])
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        scheduler.step()
+    whiten0, other0 = lrs[0][1], lrs[0][2]
+    assert [lr[1] for lr in lrs] == pytest.approx([whiten0 * (1 - k / 6) for k in range(6)] + [0.0] * 10)
+    assert [lr[2] for lr in lrs] == pytest.approx([other0 * (1 - k / 16) for k in range(16)])
+    assert not torch.equal(biases[5], biases[0])                  # trained while its lr lasted
+    assert all(torch.equal(b, biases[6]) for b in biases[7:])     # then frozen, decay included
+    assert len(model.optimizer_groups(0.24, 0.004, batch_size=8).param_groups) == 3  # default: one bias group
