@@ -85,6 +85,9 @@ def train_parser() -> argparse.ArgumentParser:
                    "group of biases and BatchNorm shifts)")
     r.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' global "
                    "norm to NORM at each optimizer step (after unscaling under fp16); 0 = off")
+    r.add_argument("--whiten-bias-fraction", type=float, metavar="F", help="cifar_speednet: train "
+                   "the whitening layer's bias over the first F (0 to 1] of each phase's steps, then "
+                   "freeze it (airbench: 0.375)")
     r.add_argument("--no-pretrained", action="store_true",
                    help="random initial weights instead of the level's pretrained ones")
     r.add_argument("--pretrained-file", metavar="FILE",
@@ -92,6 +95,11 @@ def train_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("augmentation overrides",
                              "training policy; 0 turns a technique off; default: from the level")
     a.add_argument("--crop-padding", type=non_negative_int, metavar="PX", help="random crop padding")
+    a.add_argument("--crop-fill", choices=("constant", "reflect"), help="the crop's border: zeros "
+                   "or the mirrored edge")
+    a.add_argument("--flip-alternate", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror a fixed random half of the images in even epochs and the rest in odd "
+                   "ones, instead of a fresh coin per image per epoch")
     a.add_argument("--color-jitter", type=float, metavar="S",
                    help="brightness/contrast/saturation strength, 0 to 1")
     a.add_argument("--randaugment-ops", type=non_negative_int, metavar="N", help="RandAugment ops")
@@ -160,6 +168,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         raise UserError(f"--label-smoothing {args.label_smoothing}: must be in [0, 1)")
     if args.ema is not None and not 0 < args.ema < 1:
         raise UserError(f"--ema {args.ema}: the decay must be in (0, 1), e.g. 0.999")
+    if args.whiten_bias_fraction is not None and not 0 < args.whiten_bias_fraction <= 1:
+        raise UserError(f"--whiten-bias-fraction {args.whiten_bias_fraction}: must be in (0, 1]")
     for flag, value in (("--clip-grad", args.clip_grad), ("--warmup-epochs", args.warmup_epochs)):
         if value is not None and not value >= 0:  # `not >=` also refuses nan
             raise UserError(f"{flag} {value}: must be >= 0 (0 turns it off)")
@@ -169,7 +179,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, tta=args.tta,
         seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None,
         warmup_epochs=args.warmup_epochs, ema_decay=args.ema, decay_norm_bias=args.decay_norm_bias,
-        clip_grad=args.clip_grad)
+        clip_grad=args.clip_grad, whiten_bias_fraction=args.whiten_bias_fraction)
 
 
 AUGMENT_LIMITS = {"color_jitter": 1.0, "randaugment_magnitude": 30, "random_erasing": 1.0,
@@ -178,7 +188,8 @@ AUGMENT_LIMITS = {"color_jitter": 1.0, "randaugment_magnitude": 30, "random_eras
 
 def augment_from_args(augment, args: argparse.Namespace):
     """The recipe's policy with every augmentation flag given on the command line applied."""
-    changes = {}
+    changes = {name: getattr(args, name) for name in ("crop_fill", "flip_alternate")
+               if getattr(args, name, None) is not None}
     for name, upper in AUGMENT_LIMITS.items():
         value = getattr(args, name, None)
         if value is None:

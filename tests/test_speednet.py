@@ -160,3 +160,17 @@ def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
     assert not torch.equal(biases[5], biases[0])                  # trained while its lr lasted
     assert all(torch.equal(b, biases[6]) for b in biases[7:])     # then frozen, decay included
     assert len(model.optimizer_groups(0.24, 0.004, batch_size=8).param_groups) == 3  # default: one bias group
+
+
+def test_airbench_options_reach_the_recipe_from_flags():
+    from cifar10_levels.cli import recipe_from_args, train_parser
+    from cifar10_levels.errors import UserError
+
+    recipe = recipe_from_args(train_parser().parse_args(
+        ["--level", "fast", "--crop-fill", "reflect", "--flip-alternate", "--whiten-bias-fraction", "0.375"]))
+    assert (recipe.augment.crop_fill, recipe.augment.flip_alternate, recipe.whiten_bias_fraction) == \
+        ("reflect", True, 0.375)
+    assert recipe_from_args(train_parser().parse_args(["--level", "fast"])) == get_recipe("fast")
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(UserError, match=f"--whiten-bias-fraction {bad}"):
+            recipe_from_args(train_parser().parse_args(["--whiten-bias-fraction", bad]))
