@@ -134,3 +134,18 @@ def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
     assert measured(table_row(out, "level 1, batch 8: whole TrainAugment")[1])
     assert measured(table_row(out, "level 2, batch 8: RandAugment 2x9, per image (ours)")[1])
     assert measured(table_row(out, "level 2, batch 8: whole TrainAugment (mixing phase)")[1])
+
+
+def test_tta_views_scores_each_scheme_on_kept_checkpoints(tiny_cifar, tmp_path_factory):
+    from trained_runs import trained_run
+
+    run = trained_run("speednet", tiny_cifar, tmp_path_factory)
+    out = bench("tta_views.py", "--dataset", tiny_cifar, "--weights", run / "best.safetensors",
+                run / "last.safetensors", "--batch-size", "64")
+    results = json.loads((run / "results.json").read_text())
+    plain = table_row(out, "plain")
+    assert plain[1] == f"{results['test_acc']:.2%}"          # the same plain test as train.py's
+    for scheme in ("mirror", "ours, 4 views, logits",
+                   "airbench, 6 views: 1 px reflect shifts, weights 1/4 1/4 1/8 x4, logits"):
+        row = table_row(out, scheme)
+        assert len(row) == 4 and all(0 <= leading_number(c) <= 100 for c in row[1:])
