@@ -18,11 +18,29 @@ from .recipes import Augment
 
 GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
-# Test-time views: (horizontal flip, shift right px, shift down px). The first N are used.
+# Test-time views: (horizontal flip, shift right px, shift down px); a view mirrors first, then
+# shifts. The first N of a scheme are used.
 TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
     (False, 0, 0), (True, 0, 0), (False, 2, 2), (True, -2, -2), (False, -2, 2),
     (True, 2, -2), (False, 2, -2), (True, -2, 2),
 )
+
+
+@dataclass(frozen=True)
+class TtaScheme:
+    views: tuple[tuple[bool, int, int], ...]
+    weights: tuple[float, ...]     # of each view's softmax (renormalized over the first N)
+    fill: str                      # the shifted border: "constant" (zeros) or "reflect"
+
+
+TTA_SCHEMES = {
+    # levels 1-4: 2-px shifts with zero fill (the training crop's), equal weights
+    "shift2": TtaScheme(TTA_VIEWS, (1.0,) * len(TTA_VIEWS), "constant"),
+    # airbench94's: identity and mirror 1/4 each; 1-px shifts down-right and up-left, each plain
+    # and mirrored, 1/8 each, reflect fill (bench/tta_views.py compares the two on the fast recipe)
+    "shift1": TtaScheme(((False, 0, 0), (True, 0, 0), (False, 1, 1), (True, -1, 1), (False, -1, -1),
+                         (True, 1, -1)), (2.0, 2.0, 1.0, 1.0, 1.0, 1.0), "reflect"),
+}
 
 
 def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int,
@@ -127,6 +145,7 @@ class Normalizer:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channels_last: bool = False
+    tta_scheme: str = "shift2"     # this model's test-time views (TTA_SCHEMES)
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Mean/std normalization at the input's own size: uint8, or floats in [0, 1]."""
@@ -204,19 +223,29 @@ class TrainAugment:
         return self.normalize.resize(x), targets
 
 
-def tta_views(images: torch.Tensor, count: int) -> list[torch.Tensor]:
+def tta_scheme(name: str, count: int) -> TtaScheme:
+    """The first `count` views of scheme `name`, weights summing to 1."""
+    from .errors import UserError
+
+    scheme = TTA_SCHEMES[name]
+    if not 1 <= count <= len(scheme.views):
+        raise UserError(f"--tta {count}: this model's test-time views ({name}) are 1 to "
+                        f"{len(scheme.views)}")
+    weights = scheme.weights[:count]
+    return TtaScheme(scheme.views[:count], tuple(w / sum(weights) for w in weights), scheme.fill)
+
+
+def tta_views(images: torch.Tensor, count: int, scheme: str = "shift2") -> list[torch.Tensor]:
     """The first `count` deterministic views of a uint8 batch (identity first)."""
-    if not 1 <= count <= len(TTA_VIEWS):
-        from .errors import UserError
-        raise UserError(f"--tta {count}: choose 1 to {len(TTA_VIEWS)} views")
+    chosen = tta_scheme(scheme, count)
     views = []
     n = images.shape[0]
-    for flip, dx, dy in TTA_VIEWS[:count]:
+    for flip, dx, dy in chosen.views:
         if not (flip or dx or dy):
             views.append(images)
             continue
         full = (lambda value: torch.full((n,), value, device=images.device))
         # a view mirrors first, then shifts: the same as shifting by -dx, then mirroring
-        views.append(translate(images, full(-dx if flip else dx), full(dy), max(abs(dx), abs(dy)),
-                               full(flip)))
+        views.append(translate(images, full(-dx if flip else dx), full(dy), max(abs(dx), abs(dy), 1),
+                               full(flip), chosen.fill))
     return views

@@ -1,4 +1,4 @@
-"""Evaluation with Accelerate: mean softmax over test-time views, every sample counted once."""
+"""Evaluation with Accelerate: weighted mean softmax over test-time views, every sample counted once."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
@@ -8,14 +8,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .augment import Normalizer, tta_views
+from .augment import Normalizer, tta_scheme, tta_views
 
 
 @dataclass
 class EvalResult:
     loss: float                   # cross-entropy of the identity view
     acc: float
-    probs: torch.Tensor           # (N, C) mean softmax over the views, every sample once
+    probs: torch.Tensor           # (N, C) weighted mean softmax over the views, every sample once
     labels: torch.Tensor
     plain_probs: torch.Tensor     # (N, C) softmax of the identity view alone
 
@@ -35,14 +35,16 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(accelerator, model: nn.Module, loader, normalize: Normalizer, tta: int = 1,
              autocast: Callable[[], AbstractContextManager] = nullcontext) -> EvalResult:
-    """Mean softmax over `tta` views; every sample counted exactly once across processes."""
+    """Weighted mean softmax over the first `tta` views of normalize.tta_scheme; every sample
+    counted exactly once across processes."""
     model.eval()
     probs, labels, plain_logits = [], [], []
+    weights = tta_scheme(normalize.tta_scheme, max(tta, 1)).weights
     for images, target in loader:
-        views = tta_views(images, max(tta, 1))
+        views = tta_views(images, max(tta, 1), normalize.tta_scheme)
         with autocast():
             logits = [model(normalize(v)).float() for v in views]
-        mean = torch.stack([lg.softmax(1) for lg in logits]).mean(0)
+        mean = sum(w * lg.softmax(1) for w, lg in zip(weights, logits))
         p, lg, t = accelerator.gather_for_metrics((mean, logits[0], target))
         probs.append(p.cpu()), plain_logits.append(lg.cpu()), labels.append(t.cpu())
     probs_t, labels_t, plain_t = torch.cat(probs), torch.cat(labels), torch.cat(plain_logits)

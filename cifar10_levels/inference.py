@@ -32,7 +32,8 @@ def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, ima
     model = model.to(accelerator.device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    normalize = Normalizer(img_size or meta.img_size, tuple(meta.mean), tuple(meta.std), channels_last)
+    normalize = Normalizer(img_size or meta.img_size, tuple(meta.mean), tuple(meta.std), channels_last,
+                           meta.recipe.get("tta_scheme", "shift2"))
     loader = accelerator.prepare_data_loader(make_loader(images, batch_size, False, 0))
     with accelerator.autocast():
         return evaluate(accelerator, model, loader, normalize, max(tta, 1))

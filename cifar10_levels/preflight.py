@@ -25,7 +25,7 @@ def preflight(recipe: Recipe, opts: RunOptions) -> None:
 
 
 def recipe_problems(recipe: Recipe) -> list[str | None]:
-    from .augment import TTA_VIEWS
+    from .augment import TTA_SCHEMES
     from .models import check_arch
 
     problems = []
@@ -35,8 +35,9 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
         problems.append(str(err))
     if not MIN_IMG_SIZE <= recipe.img_size <= MAX_IMG_SIZE:
         problems.append(f"--img-size {recipe.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
-    if recipe.tta > len(TTA_VIEWS):
-        problems.append(f"--tta {recipe.tta}: choose 0 to {len(TTA_VIEWS)} views")
+    views = len(TTA_SCHEMES[recipe.tta_scheme].views)
+    if recipe.tta > views:
+        problems.append(f"--tta {recipe.tta}: choose 0 to {views} views")
     if not problems:
         problems.append(img_size_problem(recipe))
     return problems

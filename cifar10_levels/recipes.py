@@ -48,6 +48,7 @@ class Recipe:
     augment: Augment = field(default_factory=Augment)
     label_smoothing: float = 0.0
     tta: int = 0                   # test-time augmentation views (0/1 = plain only)
+    tta_scheme: str = "shift2"     # which views, in augment.TTA_SCHEMES
     batch_size: int = 128          # per device
     weight_decay: float = 0.01
     optimizer: str = "adamw"       # adamw | fast (Muon for conv filters + Nesterov SGD)
@@ -102,7 +103,7 @@ LEVELS: dict[str, Recipe] = {
     "fast": Recipe(level="fast", title="fast CPU recipe", arch="cifar_speednet", img_size=32,
                    phases=(Phase("full", epochs=4, lr=0.24, train_backbone=True),),
                    augment=Augment(crop_padding=2, flip=True, color_jitter=0.0),
-                   label_smoothing=0.2, tta=4, batch_size=2000, weight_decay=0.004,
+                   label_smoothing=0.2, tta=6, tta_scheme="shift1", batch_size=500, weight_decay=0.001,
                    optimizer="fast", schedule="linear", warmup_epochs=0, pretrained=False,
                    channels_last_cpu=True,
                    mean=CIFAR10_MEAN, std=CIFAR10_STD, target=">= 89.5% in 10 min on 2 CPU cores"),

@@ -58,7 +58,8 @@ class Trainer:
         self.ema = make_ema(accelerator, self.base_model, recipe.ema_decay)
         set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
 
-        self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last)
+        self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last,
+                                    recipe.tta_scheme)
         self.augment = TrainAugment(recipe.augment, self.normalize, recipe.label_smoothing,
                                     len(self.data.class_names), accelerator.device, recipe.seed)
         self.hard_loss, self.soft_loss = make_losses(recipe)

@@ -332,3 +332,38 @@ def test_reflect_fill_mirrors_the_edge_instead_of_zeros():
     zero = translate(x, dx, dy, 2)
     assert torch.equal(zero[:, :, :, :2], torch.zeros_like(zero[:, :, :, :2]))
     assert torch.equal(zero[:, :, :31, 2:], out[:, :, :31, 2:])  # the same content where both have it
+
+
+def reflect_shifted(img: torch.Tensor, right: int, down: int) -> torch.Tensor:
+    padded = torch.nn.functional.pad(img.unsqueeze(0), (1,) * 4, mode="reflect")[0]
+    return padded[:, 1 - down:33 - down, 1 - right:33 - right]
+
+
+def test_the_shift1_scheme_is_airbenchs_six_weighted_views(accelerator):
+    from cifar10_levels.augment import tta_scheme
+    from cifar10_levels.errors import UserError
+
+    x = batch(3)
+    scheme = tta_scheme("shift1", 6)
+    assert scheme.weights == pytest.approx((1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8))
+    # identity, mirror; then down-right and up-left by 1 px, each plain and mirrored after the shift
+    expected = [x, x.flip(3)] + [torch.stack([reflect_shifted(im, s, s).flip(m) for im in x])
+                                 for s in (1, -1) for m in ((), (2,))]
+    for k, view in enumerate(tta_views(x, 6, "shift1")):
+        assert torch.equal(view, expected[k]), f"view {k}"
+    assert tta_scheme("shift1", 3).weights == pytest.approx((0.4, 0.4, 0.2))  # the first N, renormalized
+    with pytest.raises(UserError, match="--tta 7: .* 1 to 6"):
+        tta_views(x, 7, "shift1")
+    images, labels = batch(100), torch.randint(0, 10, (100,))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 30 * 30, 10))
+    norm = Normalizer(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tta_scheme="shift1")
+    from cifar10_levels.data import ImageSet, make_loader
+    from cifar10_levels.evaluation import evaluate
+
+    loader = accelerator.prepare(make_loader(ImageSet(images, labels), 50, train=False, seed=0))
+    result = evaluate(accelerator, model, loader, norm, 6)
+    with torch.no_grad():
+        per_view = [model(norm(v)).softmax(1) for v in tta_views(images, 6, "shift1")]
+    torch.testing.assert_close(result.probs, sum(w * p for w, p in zip(scheme.weights, per_view)))
