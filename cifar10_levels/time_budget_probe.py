@@ -70,8 +70,16 @@ def measure_costs(trainer) -> RunCosts:
         checkpoints = checkpoint_seconds(model, trainer.run_dir) if trainer.accelerator.is_main_process else 0.0
     step_seconds = tuple(kinds.get(p.train_backbone, 0.0) for p in recipe.phases)
     val_images, test_images = (math.ceil(len(s) / processes) for s in (data.val, data.test))
-    return RunCosts(step_seconds, per_image * val_images + CHECKPOINT_WRITES_PER_EPOCH * checkpoints,
-                    per_image * test_images * max(recipe.tta, 1), spent_seconds=0.0)
+    val_passes, test_passes = evaluation_passes(recipe)
+    return RunCosts(step_seconds,
+                    val_passes * per_image * val_images + CHECKPOINT_WRITES_PER_EPOCH * checkpoints,
+                    test_passes * per_image * test_images * max(recipe.tta, 1), spent_seconds=0.0)
+
+
+def evaluation_passes(recipe) -> tuple[int, int]:
+    """(validation passes per epoch, test passes at the end): --ema validates the EMA beside the raw
+    weights, and tests the last raw weights and the EMA (ema.final_weights) before the best ones."""
+    return (2, 3) if recipe.ema_decay else (1, 1)
 
 
 def collective_seconds(accelerator, model: torch.nn.Module) -> float:

@@ -235,3 +235,12 @@ def test_a_budget_cannot_be_added_to_a_run_started_without_one(tiny_cifar, tmp_p
     assert run(tiny_cifar, tmp_path, COSTS, "--epochs", "0", "1", "--resume", "--time-budget", "1m",
                measure=False) == 2
     assert "--time-budget: the run in" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_with_an_ema_the_plan_counts_its_validation_and_test_passes():
+    from cifar10_levels.recipes import get_recipe
+    from cifar10_levels.time_budget_probe import evaluation_passes
+
+    assert evaluation_passes(get_recipe("fast")) == (1, 1)
+    # each epoch validates raw and EMA; the end tests the last raw weights, the EMA, then the best
+    assert evaluation_passes(get_recipe("fast").with_overrides(ema_decay=0.999)) == (2, 3)
