@@ -71,6 +71,8 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay, >= 0")
     r.add_argument("--label-smoothing", type=float, metavar="S", help="0 to below 1")
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
+    r.add_argument("--tta-scheme", choices=("shift2", "shift1"), help="which views (augment.TTA_SCHEMES): "
+                   "2-px zero-fill shifts, equal weights; or airbench's 1-px reflect shifts, weighted")
     r.add_argument("--seed", type=non_negative_int, help="initial weights and augmentation (the "
                    "validation split is fixed)")
     r.add_argument("--warmup-epochs", type=float, metavar="E", help="linear learning-rate warmup over "
@@ -177,6 +179,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         augment=augment_from_args(recipe.augment, args),
         arch=args.arch, img_size=args.img_size, phases=phases, batch_size=args.batch_size,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, tta=args.tta,
+        tta_scheme=args.tta_scheme,
         seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None,
         warmup_epochs=args.warmup_epochs, ema_decay=args.ema, decay_norm_bias=args.decay_norm_bias,
         clip_grad=args.clip_grad, whiten_bias_fraction=args.whiten_bias_fraction)
