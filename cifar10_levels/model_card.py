@@ -91,6 +91,9 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
                   f"{'' if p['train_backbone'] else ' (backbone frozen)'}"
                   for p in recipe.get("phases", [])),
               f"- normalization: mean {meta.mean}, std {meta.std}"]
+    if meta.weights == "ema":
+        lines.append(f"- weights: the exponential moving average of the trained weights (decay at most "
+                     f"{recipe.get('ema_decay')}), which validated better than the raw weights")
     if r:
         lines += [f"- hardware: {r['hardware']}, precision {r['precision']}, global batch "
                   f"{r['global_batch']}",

@@ -167,3 +167,17 @@ def test_push_uploads_the_export_folder_as_written(exported, monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", refuse)
     with pytest.raises(UserError, match="upload failed .*connection reset.*kept in"):
         push_export(out, "someone/m", False, "hf_token")
+
+
+def test_the_card_says_when_the_weights_are_the_ema():
+    from cifar10_levels.checkpoint_meta import CheckpointMeta
+    from cifar10_levels.model_card import card_text
+
+    meta = CheckpointMeta(arch="resnet18", level="1", img_size=32, num_classes=2, class_names=["a", "b"],
+                          mean=[0.5] * 3, std=[0.25] * 3, seed=0, epoch=3, val_acc=0.5,
+                          recipe={"ema_decay": 0.999, "phases": []})
+    raw = card_text(meta, None, "me/model", "model", None, None)
+    assert "moving average" not in raw
+    meta.weights = "ema"
+    assert "the exponential moving average of the trained weights (decay at most 0.999)" in \
+        card_text(meta, None, "me/model", "model", None, None)
