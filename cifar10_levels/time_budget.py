@@ -150,6 +150,13 @@ class TrainingLength:
     def total_epochs(self) -> int:
         return sum(self.epochs(i) for i in range(len(self.recipe.phases)))
 
+    @property
+    def planned_epochs(self) -> float:
+        """Epochs the run trains, a planned last partial epoch as its fraction (for the ETA)."""
+        if self.plan is None:
+            return float(self.total_epochs)
+        return sum(self.plan.steps) / self.plan.steps_per_epoch
+
     def scheduler_steps(self, phase: int) -> int:
         """The schedule's length; Accelerate's scheduler wrapper steps once per process per step."""
         if self.plan is None:

@@ -182,7 +182,7 @@ class Trainer:
                 self.save_checkpoint("best", state.epochs_done, acc, weights=weights,
                                      model=self.ema.module if weights == "ema" else None)
             self.save_checkpoint("last", state.epochs_done, val.acc)
-            eta = state.train_seconds / state.epochs_done * (total_epochs - state.epochs_done)
+            eta = state.train_seconds / state.epochs_done * max(self.length.planned_epochs - state.epochs_done, 0)
             record = {"epoch": state.epochs_done, "phase": phase.name, "train_loss": stats.loss,
                       "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
                       **({"val_loss_ema": val_ema.loss, "val_acc_ema": val_ema.acc} if val_ema else {}),

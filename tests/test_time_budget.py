@@ -104,6 +104,7 @@ def test_a_planned_phase_ends_mid_epoch_and_its_schedule_ends_with_the_plan(grad
                       64 * per_epoch, 2, RunCosts((0.5, 1.0), 1.0, 2.0, 3.0))
     length = TrainingLength(recipe, 40, grad_accum, plan)
     assert [length.epochs(0), length.epochs(1), length.total_epochs] == [1, 3, 4]
+    assert length.planned_epochs == pytest.approx((per_epoch // 2 + 2 * per_epoch + 3) / per_epoch)  # the ETA's
     assert length.scheduler_steps(1) == (2 * per_epoch + 3) * 2  # Accelerate steps it once a process
     whole = FakeLoader(20)
     assert length.limit(whole, 1, 1, 0) is whole
@@ -113,6 +114,7 @@ def test_a_planned_phase_ends_mid_epoch_and_its_schedule_ends_with_the_plan(grad
     assert len(length.limit(FakeLoader(20), 0, 0, 0)) == per_epoch // 2 * grad_accum
     unplanned = TrainingLength(recipe, 40, grad_accum, None)
     assert [unplanned.epochs(i) for i in (0, 1)] == [p.epochs for p in recipe.phases]
+    assert unplanned.planned_epochs == sum(p.epochs for p in recipe.phases)
     assert unplanned.scheduler_steps(1) == recipe.phases[1].epochs * 40 // grad_accum
     assert unplanned.limit(whole, 1, 14, 0) is whole
 
