@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,22 +33,24 @@ def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.
     return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay, fused=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int | Callable[[], int],
                     steps_per_epoch: float):
     """Per-step cosine (or linear) decay within a phase, after a linear warmup of the recipe's
     `warmup_epochs` (in the scheduler's steps, `steps_per_epoch` of them an epoch). A parameter group
-    with "schedule_fraction" f < 1 runs the same schedule over the first f of the steps, then lr 0."""
-    warmup = min(round(recipe.warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    with "schedule_fraction" f < 1 runs the same schedule over the first f of the steps, then lr 0.
+    `total_steps` may be a function, read at every step: a --time-budget run that falls behind its
+    plan shortens it, and the schedule then ends with the new plan."""
+    total = total_steps if callable(total_steps) else (lambda: total_steps)
+    warmup = min(round(recipe.warmup_epochs * steps_per_epoch), max(total() - 1, 0))
 
-    def schedule(steps: int):
+    def schedule(fraction: float):
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
+            steps = max(round(fraction * total()), warmup + 1) if fraction < 1 else total()
             t = min((step - warmup) / max(steps - warmup, 1), 1.0)
             return 0.5 * (1 + math.cos(math.pi * t)) if recipe.schedule == "cosine" else 1 - t
         return factor
 
     fractions = [group.get("schedule_fraction", 1.0) for group in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [schedule(max(round(f * total_steps), warmup + 1) if f < 1 else total_steps)
-                    for f in fractions])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule(f) for f in fractions])

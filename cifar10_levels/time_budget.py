@@ -6,6 +6,7 @@ steps, so it ends where the plan ends.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -83,6 +84,7 @@ class BudgetPlan:
     epoch_images: int                 # images in an epoch, over every process
     num_processes: int
     costs: RunCosts
+    first_steps: tuple[int, ...] = ()  # the steps first planned, when the run fell behind and shortened
 
     @classmethod
     def make(cls, budget_seconds: float, recipe: Recipe, steps_per_epoch: int, images_per_step: int,
@@ -102,6 +104,37 @@ class BudgetPlan:
 
     def epochs(self, phase: int) -> float:
         return self.steps[phase] / self.steps_per_epoch
+
+    def shortened(self, phase: int, steps_done: int, seconds_per_step: float,
+                  seconds_left: float) -> "BudgetPlan":
+        """This plan with the steps left (from `steps_done` of phase `phase` on) scaled down so that
+        they, their validations and the final test fit `seconds_left` less the reserve, at the
+        measured `seconds_per_step` of this phase (later phases: their planned costs slowed by the
+        same ratio, or their planned costs when the loop is faster than planned). Never longer than
+        planned: a run on or ahead of its plan keeps it."""
+        c = self.costs
+        ratio = max(seconds_per_step / c.step_seconds[phase] if c.step_seconds[phase] > 0 else 1.0, 1.0)
+        left = [0] * phase + [max(self.steps[phase] - steps_done, 0), *self.steps[phase + 1:]]
+        slower = RunCosts(tuple(t * ratio for t in c.step_seconds), c.epoch_end_seconds,
+                          c.final_eval_seconds, 0.0)
+        available = seconds_left - self.budget_seconds * RESERVE_FRACTION - c.final_eval_seconds
+
+        def steps_at(scale: float) -> list[int]:
+            return [math.floor(scale * s) for s in left]
+
+        def fits(scale: float) -> bool:
+            return training_seconds(steps_at(scale), self.steps_per_epoch, slower) <= available
+
+        if fits(1.0):
+            return self
+        low, high = 0.0, 1.0
+        for _ in range(50):
+            middle = (low + high) / 2
+            low, high = (middle, high) if fits(middle) else (low, middle)
+        kept = steps_at(low)
+        steps = tuple(s if i < phase else kept[i] + (steps_done if i == phase else 0)
+                      for i, s in enumerate(self.steps))
+        return dataclasses.replace(self, steps=steps, first_steps=self.first_steps or self.steps)
 
     @property
     def planned_seconds(self) -> float:
@@ -130,6 +163,7 @@ class BudgetPlan:
         return {"budget_seconds": self.budget_seconds, "planned_seconds": self.planned_seconds,
                 "actual_seconds": process_seconds, "resumed": resumed,
                 "planned_steps": dict(zip(self.phase_names, self.steps)),
+                "first_planned_steps": dict(zip(self.phase_names, self.first_steps or self.steps)),
                 "planned_epochs": {n: self.epochs(i) for i, n in enumerate(self.phase_names)},
                 "train_images_per_s": self.train_images_per_s, "costs": asdict(self.costs)}
 

@@ -131,6 +131,22 @@ def slowest(accelerator, costs: RunCosts) -> RunCosts:
     return RunCosts(tuple(steps), epoch_end_seconds, final, spent)
 
 
+def shorten_if_behind(trainer, phase: int, stats) -> BudgetPlan:
+    """After an epoch of a budget run: the plan, shortened when the loop's measured pace (the
+    slowest process's) leaves too little time for the steps still planned (BudgetPlan.shortened)."""
+    plan, accelerator = trainer.plan, trainer.accelerator
+    steps_done = (trainer.state.epoch + 1) * plan.steps_per_epoch
+    steps = stats.images / plan.images_per_step
+    if steps_done >= plan.steps[phase] or steps <= 0:
+        return plan
+    values = torch.tensor([stats.seconds / steps, process_seconds()], dtype=torch.float64,
+                          device=accelerator.device)
+    if accelerator.num_processes > 1:
+        values = accelerator.gather(values.unsqueeze(0)).amax(0)
+    seconds_per_step, elapsed = values.tolist()
+    return plan.shortened(phase, steps_done, seconds_per_step, plan.budget_seconds - elapsed)
+
+
 def run_plan(trainer) -> BudgetPlan | None:
     """The plan of this run: None without --time-budget; on --resume the one saved with the run."""
     opts, accelerator = trainer.opts, trainer.accelerator

@@ -9,7 +9,7 @@ from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
 from .augment import Normalizer, TrainAugment
-from .console import SlowRunWarning, epoch_line
+from .console import SlowRunWarning, epoch_line, format_duration
 from .data import load_cifar10
 from .ema import final_weights, make_ema
 from .errors import UserError
@@ -30,7 +30,7 @@ from .run_setup import check_batch_fits, make_accelerator, make_loaders, make_lo
 from .rundir import STATE_DIR, run_dir
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
 from .time_budget import TrainingLength
-from .time_budget_probe import process_seconds, run_plan
+from .time_budget_probe import process_seconds, run_plan, shorten_if_behind
 from .tracking import RunLog, write_history
 from .train_state import TrainState
 
@@ -138,7 +138,7 @@ class Trainer:
         set_backbone_trainable(self.base_model, phase.train_backbone)
         lr = scaled_lr(phase.lr, self.recipe, self.global_batch, self.opts.lr_scaling)
         optimizer = build_optimizer(self.base_model, self.recipe, lr)
-        scheduler = build_scheduler(optimizer, self.recipe, self.length.scheduler_steps(index),
+        scheduler = build_scheduler(optimizer, self.recipe, lambda: self.length.scheduler_steps(index),
                                     steps_per_epoch=len(self.train_loader) / self.opts.grad_accum)
         self.accelerator.free_memory()  # forget the previous phase's wrappers so save_state holds this one
         model = torch.compile(self.base_model) if self.opts.compile else self.base_model
@@ -182,6 +182,8 @@ class Trainer:
                 self.save_checkpoint("best", state.epochs_done, acc, weights=weights,
                                      model=self.ema.module if weights == "ema" else None)
             self.save_checkpoint("last", state.epochs_done, val.acc)
+            if self.plan is not None:
+                self.follow_pace(index, stats)
             eta = state.train_seconds / state.epochs_done * max(self.length.planned_epochs - state.epochs_done, 0)
             record = {"epoch": state.epochs_done, "phase": phase.name, "train_loss": stats.loss,
                       "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
@@ -195,6 +197,16 @@ class Trainer:
             state.epoch += 1
             state.step = 0
             self.save_state()
+
+    def follow_pace(self, index: int, stats: EpochStats) -> None:
+        """--time-budget: behind the plan, train fewer steps; the schedule ends with them."""
+        plan = shorten_if_behind(self, index, stats)
+        if plan is not self.plan:
+            self.plan = self.length.plan = plan
+            self.state.budget_plan = plan.to_dict()
+            self.print(f"time budget: slower than planned; now {plan.epochs(index):.2f} epochs of this "
+                       f"phase ({plan.steps[index]} steps), planned end at "
+                       f"{format_duration(plan.planned_seconds)}")
 
     def finish(self, seconds: float) -> dict:
         """The best weights on the test set (plain and TTA in one pass): results.json, the table, logs."""

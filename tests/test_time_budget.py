@@ -246,3 +246,67 @@ def test_with_an_ema_the_plan_counts_its_validation_and_test_passes():
     assert evaluation_passes(get_recipe("fast")) == (1, 1)
     # each epoch validates raw and EMA; the end tests the last raw weights, the EMA, then the best
     assert evaluation_passes(get_recipe("fast").with_overrides(ema_decay=0.999)) == (2, 3)
+
+
+def test_a_run_behind_its_plan_shortens_the_steps_left_never_lengthens():
+    costs = RunCosts((1.0, 2.0), epoch_end_seconds=5.0, final_eval_seconds=20.0, spent_seconds=10.0)
+    plan = BudgetPlan(600, ("head", "full"), (40, 100), 20, 64, 1280, 1, costs)
+    assert plan.shortened(0, 20, 1.0, 600 - 60) is plan     # on pace
+    assert plan.shortened(0, 20, 0.5, 600 - 60) is plan     # faster: keeps its plan
+    behind = plan.shortened(0, 20, 3.0, 600 - 60)           # three times as slow as planned
+    assert behind.first_steps == (40, 100) and behind.steps[0] >= 20
+    left = [behind.steps[0] - 20, behind.steps[1]]
+    assert 0 < left[0] < 20 and 0 < left[1] < 100
+    assert left[1] / left[0] == pytest.approx(100 / 20, rel=0.1)  # the phases keep their shares
+    seconds = left[0] * 3.0 + left[1] * 6.0 + (1 + math.ceil(left[1] / 20)) * 5.0 + 20.0
+    assert seconds <= 540 - 600 * RESERVE_FRACTION                 # the rest fits what is left
+    more = [behind.steps[0] - 20 + 1, behind.steps[1] + 5]
+    assert more[0] * 3.0 + more[1] * 6.0 + (1 + math.ceil(more[1] / 20)) * 5.0 + 20.0 > 540 - 30
+    again = BudgetPlan.from_dict(behind.to_dict())
+    assert again == behind and again.results(1.0, False)["first_planned_steps"] == {"head": 40, "full": 100}
+
+
+def test_a_shortened_plan_moves_the_schedules_end():
+    from cifar10_levels.optim import build_scheduler
+
+    recipe = get_recipe("fast")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    total = [10]
+    scheduler = build_scheduler(optimizer, recipe, lambda: total[0], steps_per_epoch=5)
+    lrs = []
+    for step in range(8):
+        if step == 4:
+            total[0] = 8        # the plan shortened after step 4's lr was set: the decay ends at step 8
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:4] == pytest.approx([1.0, 0.9, 0.8, 0.7])
+    assert lrs[4:] == pytest.approx([0.6, 0.375, 0.25, 0.125]) and optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
+                                                                                   capsys):
+    # planned steps far slower than the real ones, so only the clock can put the run behind
+    costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
+    clock = iter([20.0])  # planned at 20 s; after the first epoch 450 s have gone (a slow machine)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time_budget_probe, "process_seconds", lambda: next(clock, 450.0))
+        patch.setattr(time_budget_probe, "measure_costs", lambda trainer: costs)
+        AcceleratorStateReset()
+        assert train_main(["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *SMALL,
+                           "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", "10m"]) == 0
+    plan = json.loads((tmp_path / RUN / "results.json").read_text())["time_budget"]
+    first, now = plan["first_planned_steps"]["full"], plan["planned_steps"]["full"]
+    # 150 s left: 30 s reserve, 10 s final test; 5 s a step and a validation: 20 + 20 steps
+    assert first > 40 and now == 20 + 20
+    epochs = history(tmp_path / RUN)
+    assert len(epochs) == 2 and epochs[-1]["lr"] == pytest.approx(0, abs=1e-12)
+    state = json.loads((tmp_path / RUN / "state" / "train_state.json").read_text())
+    assert state["global_step"] == 40 and state["budget_plan"]["steps"] == [0, 40]
+    assert "time budget: slower than planned; now 2.00 epochs of this phase (40 steps)" in capsys.readouterr().out
+
+
+def AcceleratorStateReset() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
