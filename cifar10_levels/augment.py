@@ -177,8 +177,7 @@ class Normalizer:
 
 
 class TrainAugment:
-    """The training policy of a recipe, applied to a uint8 batch already on the device.
-    set_epoch(n) before each epoch (the alternating flip's parity)."""
+    """A recipe's training policy on a uint8 batch on the device; set_epoch(n) before each epoch."""
 
     def __init__(self, policy: Augment, normalize: Normalizer, label_smoothing: float,
                  num_classes: int, device: torch.device, seed: int = 0):

@@ -148,7 +148,7 @@ def test_the_verdict_is_cached_per_cpu_torch_and_model_shape(cache):
     assert (again.choice, again.bf16_images_per_s) == (first.choice, first.bf16_images_per_s)
     (key,) = json.loads(cache.read_text())
     assert precision_probe.cpu_model_name() in key and torch.__version__ in key
-    for changed in (recipe.with_overrides(batch_size=500), recipe.with_overrides(img_size=64),
+    for changed in (recipe.with_overrides(batch_size=1000), recipe.with_overrides(img_size=64),
                     recipe.with_overrides(arch="test_resnet")):
         cpu_precision(changed, True, CPU, measure=measure)
     cpu_precision(recipe, False, CPU, measure=measure)  # another memory format
