@@ -87,8 +87,8 @@ class AlternatingFlip:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) bool: which images of the uint8 batch to mirror this epoch."""
         flat = x.reshape(x.shape[0], -1)
-        weights = self.weights.to(x.device)[: flat.shape[1]]
-        half = (flat.long() * weights).sum(1) % 2 == 1
+        self.weights = self.weights.to(x.device)  # a no-op once moved: not copied every batch
+        half = (flat.long() * self.weights[: flat.shape[1]]).sum(1) % 2 == 1
         return half ^ bool(self.epoch % 2)
 
 
