@@ -80,6 +80,9 @@ def finish_trackers(accelerator) -> None:
     for tracker in accelerator.trackers:
         tracker.finish()
     accelerator.trackers.clear()
+    if run is not None:  # finish() can return before W&B's service has written the run file
+        import wandb
+        wandb.teardown()
     if sync_dir:
         parts = list(sync_dir.parent.glob(f"offline-run-*-{run.id}"))  # one per --resume
         target = sync_dir if len(parts) <= 1 else sync_dir.parent / f"offline-run-*-{run.id}"

@@ -33,6 +33,7 @@ class WandbRun:
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
+    exited: bool = False
 
 
 def _items(items) -> dict:
@@ -72,13 +73,18 @@ def read_wandb_run(path: Path) -> WandbRun:
             out.summary.update(_items(record.summary.update))
         elif which == "artifact":
             out.artifacts.append(record.artifact.name)
+        elif which == "exit":
+            out.exited = True
     return out
 
 
 def offline_run(run_dir: Path) -> WandbRun:
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, f"expected one offline W&B run under {run_dir}, found {files}"
-    return read_wandb_run(files[0])
+    run = read_wandb_run(files[0])
+    # read as soon as the process ended: the file must be whole by then, ready for `wandb sync`
+    assert run.exited, f"{files[0]} has no exit record: W&B had not finished writing it"
+    return run
 
 
 def no_account(mp: pytest.MonkeyPatch, home: Path) -> None:
