@@ -38,8 +38,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_step
     """Per-step cosine (or linear) decay within a phase, after a linear warmup of the recipe's
     `warmup_epochs` (in the scheduler's steps, `steps_per_epoch` of them an epoch). A parameter group
     with "schedule_fraction" f < 1 runs the same schedule over the first f of the steps, then lr 0.
-    `total_steps` may be a function, read at every step: a --time-budget run that falls behind its
-    plan shortens it, and the schedule then ends with the new plan."""
+    `total_steps` may be a function, read at every step: a --time-budget run that re-plans its steps
+    (behind or well ahead of its pace) changes it, and the schedule then ends with the new plan."""
     total = total_steps if callable(total_steps) else (lambda: total_steps)
     warmup = min(round(recipe.warmup_epochs * steps_per_epoch), max(total() - 1, 0))
 

@@ -18,6 +18,10 @@ from .recipes import Recipe
 # Kept back from the budget for what the plan does not time: the real model's first steps,
 # checkpoints and state after every epoch, plots, results and the trackers' last writes.
 RESERVE_FRACTION = 0.05
+# After each epoch a run re-plans on its measured pace; it lengthens only when at least this much more
+# of the steps left would fit (no churn from noise), and by at most MAX_LENGTHENING times at once.
+MIN_LENGTHENING = 0.03
+MAX_LENGTHENING = 2.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class BudgetPlan:
     epoch_images: int                 # images in an epoch, over every process
     num_processes: int
     costs: RunCosts
-    first_steps: tuple[int, ...] = ()  # the steps first planned, when the run fell behind and shortened
+    first_steps: tuple[int, ...] = ()  # the steps first planned, once the run has re-planned
 
     @classmethod
     def make(cls, budget_seconds: float, recipe: Recipe, steps_per_epoch: int, images_per_step: int,
@@ -105,35 +109,41 @@ class BudgetPlan:
     def epochs(self, phase: int) -> float:
         return self.steps[phase] / self.steps_per_epoch
 
-    def shortened(self, phase: int, steps_done: int, seconds_per_step: float,
+    def replanned(self, phase: int, steps_done: int, seconds_per_step: float,
                   seconds_left: float) -> "BudgetPlan":
-        """This plan with the steps left (from `steps_done` of phase `phase` on) scaled down so that
-        they, their validations and the final test fit `seconds_left` less the reserve, at the
-        measured `seconds_per_step` of this phase (later phases: their planned costs slowed by the
-        same ratio, or their planned costs when the loop is faster than planned). Never longer than
-        planned: a run on or ahead of its plan keeps it."""
+        """This plan with the steps left (from `steps_done` of phase `phase` on) scaled so that they,
+        their validations and the final test fill `seconds_left` less the reserve, at the measured
+        `seconds_per_step` of this phase; later phases keep their planned costs, slowed by the same
+        ratio when this one is slower. Behind the plan it shortens; ahead of it by more than
+        MIN_LENGTHENING it lengthens (at most MAX_LENGTHENING times the steps left), so a first
+        estimate that was too cautious does not leave the budget unused. Otherwise: this plan."""
         c = self.costs
-        ratio = max(seconds_per_step / c.step_seconds[phase] if c.step_seconds[phase] > 0 else 1.0, 1.0)
+        ratio = seconds_per_step / c.step_seconds[phase] if c.step_seconds[phase] > 0 else 1.0
         left = [0] * phase + [max(self.steps[phase] - steps_done, 0), *self.steps[phase + 1:]]
-        slower = RunCosts(tuple(t * ratio for t in c.step_seconds), c.epoch_end_seconds,
-                          c.final_eval_seconds, 0.0)
+        step_seconds = tuple(seconds_per_step if i == phase else t * max(ratio, 1.0)
+                             for i, t in enumerate(c.step_seconds))
+        paced = RunCosts(step_seconds, c.epoch_end_seconds, c.final_eval_seconds, 0.0)
         available = seconds_left - self.budget_seconds * RESERVE_FRACTION - c.final_eval_seconds
 
         def steps_at(scale: float) -> list[int]:
             return [math.floor(scale * s) for s in left]
 
         def fits(scale: float) -> bool:
-            return training_seconds(steps_at(scale), self.steps_per_epoch, slower) <= available
+            return training_seconds(steps_at(scale), self.steps_per_epoch, paced) <= available
 
-        if fits(1.0):
+        if fits(1.0) and not fits(1.0 + MIN_LENGTHENING):
             return self
-        low, high = 0.0, 1.0
+        low, high = (1.0, MAX_LENGTHENING) if fits(1.0) else (0.0, 1.0)
+        if fits(high):
+            low = high
         for _ in range(50):
             middle = (low + high) / 2
             low, high = (middle, high) if fits(middle) else (low, middle)
         kept = steps_at(low)
         steps = tuple(s if i < phase else kept[i] + (steps_done if i == phase else 0)
                       for i, s in enumerate(self.steps))
+        if steps == self.steps:
+            return self
         return dataclasses.replace(self, steps=steps, first_steps=self.first_steps or self.steps)
 
     @property

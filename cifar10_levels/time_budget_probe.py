@@ -131,9 +131,9 @@ def slowest(accelerator, costs: RunCosts) -> RunCosts:
     return RunCosts(tuple(steps), epoch_end_seconds, final, spent)
 
 
-def shorten_if_behind(trainer, phase: int, stats) -> BudgetPlan:
-    """After an epoch of a budget run: the plan, shortened when the loop's measured pace (the
-    slowest process's) leaves too little time for the steps still planned (BudgetPlan.shortened)."""
+def replan(trainer, phase: int, stats) -> BudgetPlan:
+    """After an epoch of a budget run: the plan re-fitted to the time left at the loop's measured pace
+    (the slowest process's): fewer steps when behind, more when well ahead (BudgetPlan.replanned)."""
     plan, accelerator = trainer.plan, trainer.accelerator
     steps_done = (trainer.state.epoch + 1) * plan.steps_per_epoch
     steps = stats.images / plan.images_per_step
@@ -144,7 +144,7 @@ def shorten_if_behind(trainer, phase: int, stats) -> BudgetPlan:
     if accelerator.num_processes > 1:
         values = accelerator.gather(values.unsqueeze(0)).amax(0)
     seconds_per_step, elapsed = values.tolist()
-    return plan.shortened(phase, steps_done, seconds_per_step, plan.budget_seconds - elapsed)
+    return plan.replanned(phase, steps_done, seconds_per_step, plan.budget_seconds - elapsed)
 
 
 def run_plan(trainer) -> BudgetPlan | None:

@@ -30,7 +30,7 @@ from .run_setup import check_batch_fits, make_accelerator, make_loaders, make_lo
 from .rundir import STATE_DIR, run_dir
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
 from .time_budget import TrainingLength
-from .time_budget_probe import process_seconds, run_plan, shorten_if_behind
+from .time_budget_probe import process_seconds, replan, run_plan
 from .tracking import RunLog, write_history
 from .train_state import TrainState
 
@@ -159,7 +159,6 @@ class Trainer:
 
     def run_phase(self, index: int, phase: Phase, started: float) -> None:
         state = self.state
-        total_epochs = self.length.total_epochs
         while state.epoch < self.length.epochs(index):
             set_train_mode(self.model, phase.train_backbone)
             self.prepared_train.set_epoch(state.epochs_done)
@@ -192,19 +191,20 @@ class Trainer:
                       "images_per_s": stats.images / max(stats.seconds, 1e-9),
                       "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
             state.history.append(record)
-            self.print(epoch_line(record, total_epochs, self.recipe.mixes(phase), improved, eta))
+            self.print(epoch_line(record, self.length.total_epochs, self.recipe.mixes(phase), improved, eta))
             self.log.epoch(record)
             state.epoch += 1
             state.step = 0
             self.save_state()
 
     def follow_pace(self, index: int, stats: EpochStats) -> None:
-        """--time-budget: behind the plan, train fewer steps; the schedule ends with them."""
-        plan = shorten_if_behind(self, index, stats)
+        """--time-budget: re-fit the steps left to the time left; the schedule ends with them."""
+        plan = replan(self, index, stats)
         if plan is not self.plan:
+            pace = "slower" if plan.steps[index] < self.plan.steps[index] else "faster"
             self.plan = self.length.plan = plan
             self.state.budget_plan = plan.to_dict()
-            self.print(f"time budget: slower than planned; now {plan.epochs(index):.2f} epochs of this "
+            self.print(f"time budget: {pace} than planned; now {plan.epochs(index):.2f} epochs of this "
                        f"phase ({plan.steps[index]} steps), planned end at "
                        f"{format_duration(plan.planned_seconds)}")
 

@@ -248,12 +248,14 @@ def test_with_an_ema_the_plan_counts_its_validation_and_test_passes():
     assert evaluation_passes(get_recipe("fast").with_overrides(ema_decay=0.999)) == (2, 3)
 
 
-def test_a_run_behind_its_plan_shortens_the_steps_left_never_lengthens():
+def test_a_run_behind_its_plan_shortens_the_steps_left():
     costs = RunCosts((1.0, 2.0), epoch_end_seconds=5.0, final_eval_seconds=20.0, spent_seconds=10.0)
     plan = BudgetPlan(600, ("head", "full"), (40, 100), 20, 64, 1280, 1, costs)
-    assert plan.shortened(0, 20, 1.0, 600 - 60) is plan     # on pace
-    assert plan.shortened(0, 20, 0.5, 600 - 60) is plan     # faster: keeps its plan
-    behind = plan.shortened(0, 20, 3.0, 600 - 60)           # three times as slow as planned
+    # 300 s left is what the 120 steps left need as planned: 20 x 1 + 100 x 2 s, 6 validations of 5 s,
+    # the test's 20 s and the reserve's 30 s
+    assert plan.replanned(0, 20, 1.0, 300) is plan          # on pace
+    assert plan.replanned(0, 20, 0.99, 300) is plan         # a little ahead: no churn from noise
+    behind = plan.replanned(0, 20, 3.0, 600 - 60)           # three times as slow as planned
     assert behind.first_steps == (40, 100) and behind.steps[0] >= 20
     left = [behind.steps[0] - 20, behind.steps[1]]
     assert 0 < left[0] < 20 and 0 < left[1] < 100
@@ -266,7 +268,24 @@ def test_a_run_behind_its_plan_shortens_the_steps_left_never_lengthens():
     assert again == behind and again.results(1.0, False)["first_planned_steps"] == {"head": 40, "full": 100}
 
 
-def test_a_shortened_plan_moves_the_schedules_end():
+def test_a_run_well_ahead_of_its_plan_lengthens_the_steps_left_within_the_budget():
+    costs = RunCosts((1.0, 2.0), epoch_end_seconds=5.0, final_eval_seconds=20.0, spent_seconds=10.0)
+    plan = BudgetPlan(600, ("head", "full"), (40, 100), 20, 64, 1280, 1, costs)
+    ahead = plan.replanned(0, 20, 0.5, 400)                 # twice as fast as planned, 400 s left
+    left = [ahead.steps[0] - 20, ahead.steps[1]]
+    assert ahead.first_steps == (40, 100) and left[0] > 20 and left[1] > 100
+    assert left[1] / left[0] == pytest.approx(100 / 20, rel=0.1)
+    # the later phase keeps its planned 2 s a step: a faster head phase says nothing of it
+    seconds = left[0] * 0.5 + left[1] * 2.0 + (math.ceil(left[0] / 20) + math.ceil(left[1] / 20)) * 5.0
+    assert seconds <= 400 - 600 * RESERVE_FRACTION - 20.0
+    more = [left[0] + 1, left[1] + 5]
+    assert more[0] * 0.5 + more[1] * 2.0 + (math.ceil(more[0] / 20) + math.ceil(more[1] / 20)) * 5.0 \
+        > 400 - 30 - 20
+    capped = plan.replanned(0, 20, 0.01, 540)               # far ahead: at most twice the steps left
+    assert capped.steps == (20 + 2 * 20, 2 * 100)
+
+
+def test_a_replanned_run_moves_the_schedules_end():
     from cifar10_levels.optim import build_scheduler
 
     recipe = get_recipe("fast")
@@ -286,12 +305,13 @@ def test_a_shortened_plan_moves_the_schedules_end():
 
 def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
                                                                                    capsys):
-    # planned steps far slower than the real ones, so only the clock can put the run behind
+    # the loop keeps its planned pace (5 s a step); only the clock puts the run behind
     costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
     clock = iter([20.0])  # planned at 20 s; after the first epoch 450 s have gone (a slow machine)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(time_budget_probe, "process_seconds", lambda: next(clock, 450.0))
         patch.setattr(time_budget_probe, "measure_costs", lambda trainer: costs)
+        at_pace(patch, 5.0)
         AcceleratorStateReset()
         assert train_main(["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *SMALL,
                            "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", "10m"]) == 0
@@ -304,6 +324,41 @@ def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_t
     state = json.loads((tmp_path / RUN / "state" / "train_state.json").read_text())
     assert state["global_step"] == 40 and state["budget_plan"]["steps"] == [0, 40]
     assert "time budget: slower than planned; now 2.00 epochs of this phase (40 steps)" in capsys.readouterr().out
+
+
+def test_a_run_ahead_of_its_plan_trains_more_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
+                                                                                   capsys):
+    # planned at 5 s a step; the loop takes 4 s (injected) and the clock agrees
+    costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
+    clock = iter([20.0, 20.0 + 20 * 4 + 5, 20.0 + 2 * (20 * 4 + 5)])  # planning, after epochs 1, 2
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time_budget_probe, "process_seconds", lambda: next(clock))
+        patch.setattr(time_budget_probe, "measure_costs", lambda trainer: costs)
+        at_pace(patch, 4.0)
+        AcceleratorStateReset()
+        assert train_main(["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *SMALL,
+                           "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", "5m"]) == 0
+    plan = json.loads((tmp_path / RUN / "results.json").read_text())["time_budget"]
+    # planned: 255 s for 5 s steps and 5 s validations: 48 steps. After epoch 1, 195 s left (15 s
+    # reserve, 10 s test): 40 more steps at 4 s fit, not 41. After epoch 2 the plan is on pace.
+    assert plan["first_planned_steps"]["full"] == 48 and plan["planned_steps"]["full"] == 60
+    epochs = history(tmp_path / RUN)
+    assert len(epochs) == 3 and epochs[-1]["lr"] == pytest.approx(0, abs=1e-12)
+    out = capsys.readouterr().out
+    assert "time budget: faster than planned; now 3.00 epochs of this phase (60 steps)" in out
+    assert "epoch 3/3" in out
+
+
+def at_pace(patch: pytest.MonkeyPatch, seconds_per_step: float) -> None:
+    """Make the trainer's re-planning see `seconds_per_step` for every step of the epoch just trained."""
+    import dataclasses
+
+    from cifar10_levels import trainer
+
+    def replan(t, phase, stats):
+        steps = stats.images / t.plan.images_per_step
+        return time_budget_probe.replan(t, phase, dataclasses.replace(stats, seconds=seconds_per_step * steps))
+    patch.setattr(trainer, "replan", replan)
 
 
 def AcceleratorStateReset() -> None:
