@@ -89,6 +89,7 @@ class BudgetPlan:
     num_processes: int
     costs: RunCosts
     first_steps: tuple[int, ...] = ()  # the steps first planned, once the run has re-planned
+    end_seconds: float | None = None   # the process's planned end, once the run has re-planned
 
     @classmethod
     def make(cls, budget_seconds: float, recipe: Recipe, steps_per_epoch: int, images_per_step: int,
@@ -144,11 +145,16 @@ class BudgetPlan:
                       for i, s in enumerate(self.steps))
         if steps == self.steps:
             return self
-        return dataclasses.replace(self, steps=steps, first_steps=self.first_steps or self.steps)
+        end = self.budget_seconds - seconds_left + training_seconds(kept, self.steps_per_epoch, paced) \
+            + c.final_eval_seconds
+        return dataclasses.replace(self, steps=steps, first_steps=self.first_steps or self.steps,
+                                   end_seconds=end)
 
     @property
     def planned_seconds(self) -> float:
-        """The whole process as planned, without the reserve."""
+        """The whole process as planned, without the reserve (after a re-plan: as re-planned)."""
+        if self.end_seconds is not None:
+            return self.end_seconds
         c = self.costs
         return c.spent_seconds + training_seconds(self.steps, self.steps_per_epoch, c) + c.final_eval_seconds
 

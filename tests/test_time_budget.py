@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifar10_levels import step_hooks, step_timing, time_budget_probe
+from cifar10_levels import step_hooks, step_timing, time_budget_probe, trainer
 from cifar10_levels.arguments import duration
 from cifar10_levels.cli import train_main
 from cifar10_levels.errors import UserError
@@ -125,9 +125,9 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
     `measure`); `stop_at`: SIGTERM's path (save, exit 143) taken at that global step."""
     from accelerate.state import AcceleratorState, GradientState
 
-    def fake_costs(trainer) -> RunCosts:
+    def fake_costs(run_trainer) -> RunCosts:
         if measure:
-            REAL_MEASUREMENT(trainer)
+            REAL_MEASUREMENT(run_trainer)
         return costs
 
     after_step = step_hooks.StepHooks.after_step
@@ -143,6 +143,9 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
         patch.setattr(step_timing, "PROBE_SECONDS", 0.2)
         patch.setattr(time_budget_probe, "measure_costs", fake_costs)
         patch.setattr(time_budget_probe, "process_seconds", lambda: costs.spent_seconds)
+        # the clock stands still here, so re-planning after each epoch (tested below) would see a
+        # run far ahead of its plan and lengthen it: these runs keep the plan as made
+        patch.setattr(trainer, "replan", lambda t, phase, stats: t.plan)
         patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
         return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
                            "--mixed-precision", "no", *args])
@@ -342,18 +345,17 @@ def test_a_run_ahead_of_its_plan_trains_more_steps_and_its_schedule_ends_with_th
     # planned: 255 s for 5 s steps and 5 s validations: 48 steps. After epoch 1, 195 s left (15 s
     # reserve, 10 s test): 40 more steps at 4 s fit, not 41. After epoch 2 the plan is on pace.
     assert plan["first_planned_steps"]["full"] == 48 and plan["planned_steps"]["full"] == 60
+    assert plan["planned_seconds"] == 105 + 40 * 4 + 2 * 5 + 10  # re-planned after epoch 1, at 105 s
     epochs = history(tmp_path / RUN)
     assert len(epochs) == 3 and epochs[-1]["lr"] == pytest.approx(0, abs=1e-12)
     out = capsys.readouterr().out
-    assert "time budget: faster than planned; now 3.00 epochs of this phase (60 steps)" in out
+    assert "time budget: faster than planned; now 3.00 epochs of this phase (60 steps), planned end at 4m45s" in out
     assert "epoch 3/3" in out
 
 
 def at_pace(patch: pytest.MonkeyPatch, seconds_per_step: float) -> None:
     """Make the trainer's re-planning see `seconds_per_step` for every step of the epoch just trained."""
     import dataclasses
-
-    from cifar10_levels import trainer
 
     def replan(t, phase, stats):
         steps = stats.images / t.plan.images_per_step
