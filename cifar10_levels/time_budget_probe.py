@@ -133,8 +133,11 @@ def slowest(accelerator, costs: RunCosts) -> RunCosts:
 
 def replan(trainer, phase: int, stats) -> BudgetPlan:
     """After an epoch of a budget run: the plan re-fitted to the time left at the loop's measured pace
-    (the slowest process's): fewer steps when behind, more when well ahead (BudgetPlan.replanned)."""
+    (the slowest process's): fewer steps when behind, more when well ahead (BudgetPlan.replanned).
+    A resumed run continues its saved plan: its process clock restarted, so it cannot tell the time left."""
     plan, accelerator = trainer.plan, trainer.accelerator
+    if trainer.opts.resume:
+        return plan
     steps_done = (trainer.state.epoch + 1) * plan.steps_per_epoch
     steps = stats.images / plan.images_per_step
     if steps_done >= plan.steps[phase] or steps <= 0:

@@ -120,9 +120,10 @@ def test_a_planned_phase_ends_mid_epoch_and_its_schedule_ends_with_the_plan(grad
 
 
 def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | None = None,
-        measure: bool = True) -> int:
+        measure: bool = True, replan: bool = False) -> int:
     """train.py in this process, the plan made from `costs` (after the real measurement when
-    `measure`); `stop_at`: SIGTERM's path (save, exit 143) taken at that global step."""
+    `measure`); `stop_at`: SIGTERM's path (save, exit 143) taken at that global step; `replan`: the
+    trainer re-plans after each epoch as it would (the clock stands still at `costs.spent_seconds`)."""
     from accelerate.state import AcceleratorState, GradientState
 
     def fake_costs(run_trainer) -> RunCosts:
@@ -143,9 +144,8 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
         patch.setattr(step_timing, "PROBE_SECONDS", 0.2)
         patch.setattr(time_budget_probe, "measure_costs", fake_costs)
         patch.setattr(time_budget_probe, "process_seconds", lambda: costs.spent_seconds)
-        # the clock stands still here, so re-planning after each epoch (tested below) would see a
-        # run far ahead of its plan and lengthen it: these runs keep the plan as made
-        patch.setattr(trainer, "replan", lambda t, phase, stats: t.plan)
+        if not replan:  # the clock stands still, so re-planning (tested below) would see a run far
+            patch.setattr(trainer, "replan", lambda t, phase, stats: t.plan)  # ahead and lengthen it
         patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
         return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
                            "--mixed-precision", "no", *args])
@@ -213,7 +213,8 @@ def test_whole_planned_epochs_train_exactly_as_the_same_epochs_without_a_budget(
 def test_resume_keeps_the_saved_plan_and_ends_as_the_uninterrupted_run(planned_run, tiny_cifar, tmp_path):
     assert run(tiny_cifar, tmp_path, COSTS, *PLANNED, stop_at=30) == 143
     slower = RunCosts((5.0, 10.0), 5.0, 10.0, 2.0)  # a new plan would train far fewer steps
-    assert run(tiny_cifar, tmp_path, slower, *PLANNED, "--resume", measure=False) == 0
+    # nor does the resumed process re-plan on its own clock (which restarted at 0)
+    assert run(tiny_cifar, tmp_path, slower, *PLANNED, "--resume", measure=False, replan=True) == 0
     resumed = tmp_path / RUN
     plan = json.loads((resumed / "results.json").read_text())["time_budget"]
     assert plan["planned_steps"] == {"head": 14, "full": 44} and plan["resumed"]
