@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState, GradientState
 
 from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from cifar10_levels.cli import train_main
@@ -174,7 +175,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, bad_inputs, monke
     out.mkdir()
     (out / "earlier_results.txt").write_text("keep me\n")
     before = {p: tree(Path(p)) for p in ("out", "bad_inputs", "tiny/")}
-    assert train_main(command(case)) == 2
+    try:
+        assert train_main(command(case)) == 2
+    finally:  # a case that fails after the Accelerator exists (a budget too short) must not leave
+        # its state, with the precision this run measured, to the next in-process run
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and case.names in last, err
