@@ -310,16 +310,8 @@ def test_a_replanned_run_moves_the_schedules_end():
 def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
                                                                                    capsys):
     # the loop keeps its planned pace (5 s a step); only the clock puts the run behind
-    costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
     clock = iter([20.0])  # planned at 20 s; after the first epoch 450 s have gone (a slow machine)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(time_budget_probe, "process_seconds", lambda: next(clock, 450.0))
-        patch.setattr(time_budget_probe, "measure_costs", lambda trainer: costs)
-        at_pace(patch, 5.0)
-        AcceleratorStateReset()
-        assert train_main(["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *SMALL,
-                           "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", "10m"]) == 0
-    plan = json.loads((tmp_path / RUN / "results.json").read_text())["time_budget"]
+    plan = paced_run(tiny_cifar, tmp_path, lambda: next(clock, 450.0), 5.0, "10m")
     first, now = plan["first_planned_steps"]["full"], plan["planned_steps"]["full"]
     # 150 s left: 30 s reserve, 10 s final test; 5 s a step and a validation: 20 + 20 steps
     assert first > 40 and now == 20 + 20
@@ -333,16 +325,8 @@ def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_t
 def test_a_run_ahead_of_its_plan_trains_more_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
                                                                                    capsys):
     # planned at 5 s a step; the loop takes 4 s (injected) and the clock agrees
-    costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
     clock = iter([20.0, 20.0 + 20 * 4 + 5, 20.0 + 2 * (20 * 4 + 5)])  # planning, after epochs 1, 2
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(time_budget_probe, "process_seconds", lambda: next(clock))
-        patch.setattr(time_budget_probe, "measure_costs", lambda trainer: costs)
-        at_pace(patch, 4.0)
-        AcceleratorStateReset()
-        assert train_main(["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), *TINY_TRAIN, *SMALL,
-                           "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", "5m"]) == 0
-    plan = json.loads((tmp_path / RUN / "results.json").read_text())["time_budget"]
+    plan = paced_run(tiny_cifar, tmp_path, lambda: next(clock), 4.0, "5m")
     # planned: 255 s for 5 s steps and 5 s validations: 48 steps. After epoch 1, 195 s left (15 s
     # reserve, 10 s test): 40 more steps at 4 s fit, not 41. After epoch 2 the plan is on pace.
     assert plan["first_planned_steps"]["full"] == 48 and plan["planned_steps"]["full"] == 60
@@ -352,6 +336,20 @@ def test_a_run_ahead_of_its_plan_trains_more_steps_and_its_schedule_ends_with_th
     out = capsys.readouterr().out
     assert "time budget: faster than planned; now 3.00 epochs of this phase (60 steps), planned end at 4m45s" in out
     assert "epoch 3/3" in out
+
+
+def paced_run(dataset: Path, out: Path, clock, seconds_per_step: float, budget: str) -> dict:
+    """A 3-epoch budget run planned at 5 s a step (and 5 s a validation, 10 s of test, 20 s spent)
+    whose re-planning sees `seconds_per_step` and the time `clock()`: results.json's time_budget."""
+    costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time_budget_probe, "process_seconds", clock)
+        patch.setattr(time_budget_probe, "measure_costs", lambda run_trainer: costs)
+        at_pace(patch, seconds_per_step)
+        AcceleratorStateReset()
+        assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
+                           "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", budget]) == 0
+    return json.loads((out / RUN / "results.json").read_text())["time_budget"]
 
 
 def at_pace(patch: pytest.MonkeyPatch, seconds_per_step: float) -> None:
