@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from measure import Spread, environment_header, interleave, ratio
 
-import cifar10_levels.speednet  # noqa: F401  (registers cifar_speednet with timm)
+import cifar10_levels.models.speednet  # noqa: F401  (registers cifar_speednet with timm)
 
 
 def rate(work: float, step: Callable[[], None], calls: int = 3) -> Callable[[], float]:

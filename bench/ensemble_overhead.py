@@ -18,14 +18,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar10_levels.augment import Normalizer  # noqa: E402
-from cifar10_levels.checkpoint import CheckpointMeta  # noqa: E402
-from cifar10_levels.data import ImageSet  # noqa: E402
-from cifar10_levels.ensemble import format_report  # noqa: E402
-from cifar10_levels.ensemble_evaluation import evaluate_member  # noqa: E402
-from cifar10_levels.ensemble_members import Member, member_labels  # noqa: E402
-from cifar10_levels.ensemble_votes import build_report  # noqa: E402
-from cifar10_levels.models import create_model  # noqa: E402
+from cifar10_levels.data.augment import Normalizer  # noqa: E402
+from cifar10_levels.checkpoint.io import CheckpointMeta  # noqa: E402
+from cifar10_levels.data.cifar10 import ImageSet  # noqa: E402
+from cifar10_levels.cli.ensemble import format_report  # noqa: E402
+from cifar10_levels.ensemble.evaluation import evaluate_member  # noqa: E402
+from cifar10_levels.ensemble.members import Member, member_labels  # noqa: E402
+from cifar10_levels.ensemble.votes import build_report  # noqa: E402
+from cifar10_levels.models.factory import create_model  # noqa: E402
 from cifar10_levels.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 CLASSES = [f"class{i}" for i in range(10)]

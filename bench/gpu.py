@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         extra += ["--train-limit", "5120"]
     gpu = gpu_name()
     print(environment_header())
-    from cifar10_levels.precision import default_precision
+    from cifar10_levels.runtime.precision import default_precision
     from cifar10_levels.recipes import get_recipe
     print(f"\nimages/s, median (min-max) of {args.repeats} interleaved rounds; precision "
           f"{default_precision(get_recipe('1'))} unless --mixed-precision is given, channels_last; "

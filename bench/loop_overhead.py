@@ -26,12 +26,12 @@ from torch import nn
 
 from measure import CpuClock, Spread, environment_header, interleave, ratio
 
-from cifar10_levels.cli import recipe_from_args, train_parser
-from cifar10_levels.optim import build_optimizer
-from cifar10_levels.options import RunOptions
-from cifar10_levels.models import set_train_mode
+from cifar10_levels.cli.train import recipe_from_args, train_parser
+from cifar10_levels.optim.factory import build_optimizer
+from cifar10_levels.train.options import RunOptions
+from cifar10_levels.models.factory import set_train_mode
 from cifar10_levels.recipes import Phase
-from cifar10_levels.trainer import Trainer
+from cifar10_levels.train.trainer import Trainer
 
 BENCH_DEFAULTS = ["--no-pretrained", "--report-to", "none", "--no-progress", "--train-limit", "1024"]
 

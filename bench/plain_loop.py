@@ -49,7 +49,7 @@ def train_plain(seed: int, args) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    from cifar10_levels.data import load_cifar10
+    from cifar10_levels.data.cifar10 import load_cifar10
 
     start = time.perf_counter()
     torch.manual_seed(seed)

@@ -54,7 +54,7 @@ SCHEMES = (
 
 @torch.inference_mode()
 def view_logits(model, normalize, images: torch.Tensor, view: View, batch_size: int) -> torch.Tensor:
-    from cifar10_levels.augment import translate
+    from cifar10_levels.data.augment import translate
 
     mirror, dx, dy, fill = view
     out = []
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", metavar="DIR", help="local CIFAR-10 in the uoft-cs/cifar10 layout")
     p.add_argument("--batch-size", type=int, default=500)
     args = p.parse_args(argv)
-    from cifar10_levels.augment import Normalizer
-    from cifar10_levels.data import load_cifar10
-    from cifar10_levels.weights import load_weights, resolve_weights
+    from cifar10_levels.data.augment import Normalizer
+    from cifar10_levels.data.cifar10 import load_cifar10
+    from cifar10_levels.checkpoint.weights import load_weights, resolve_weights
 
     print(environment_header())
     test = load_cifar10(args.dataset).test

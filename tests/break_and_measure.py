@@ -16,7 +16,7 @@ os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offli
 import torch
 variant, level, arch, seed, data = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 extra = sys.argv[6:]
-import cifar10_levels.augment as A
+import cifar10_levels.data.augment as A
 if variant == "train_norm_mismatch":  # train path normalized as if values were in [0, 1]
     orig = A.color_jitter_standardize_
     A.color_jitter_standardize_ = lambda x, s, n, max_value=1.0: orig(x, s, n, 1.0)
@@ -34,7 +34,7 @@ elif variant == "mix_lam_swapped":
 elif variant == "tta_far_shift":
     A.TTA_VIEWS = tuple((f, 8 * dx, 8 * dy) for f, dx, dy in A.TTA_VIEWS)
 elif variant == "labels_shuffled":
-    import cifar10_levels.data as D
+    import cifar10_levels.data.cifar10 as D
     orig_load = D.load_cifar10
     def load(*a, **k):
         d = orig_load(*a, **k)
@@ -43,8 +43,8 @@ elif variant == "labels_shuffled":
         d.train.labels = lab[torch.randperm(len(lab), generator=g)] if torch.is_tensor(lab) else lab[torch.randperm(len(lab), generator=g).numpy()]
         return d
     D.load_cifar10 = load
-    import cifar10_levels.trainer as T; T.load_cifar10 = load
-from cifar10_levels.cli import train_main
+    import cifar10_levels.train.trainer as T; T.load_cifar10 = load
+from cifar10_levels.cli.train import train_main
 out = Path(tempfile.mkdtemp())
 args = ["--dataset", data, "--output-dir", str(out), "--no-pretrained", "--img-size", "32", "--batch-size", "32",
         "--no-progress", "--report-to", "none", "--level", level, "--arch", arch, "--seed", seed,

@@ -135,7 +135,7 @@ def train_in_process(argv: list[str]) -> subprocess.CompletedProcess:
     the same code as the command without paying a new interpreter's imports (~4 s) on every run."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from cifar10_levels.cli import train_main
+    from cifar10_levels.cli.train import train_main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from cifar10_levels.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop_flip,
+from cifar10_levels.data.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop_flip,
                                     translate, tta_views)
 from cifar10_levels.recipes import LEVELS, Augment
 
@@ -162,8 +162,8 @@ class FlipInvariantModel(torch.nn.Module):
 
 
 def _evaluate(acc, model, images, labels, tta):
-    from cifar10_levels.data import ImageSet, make_loader
-    from cifar10_levels.evaluation import evaluate
+    from cifar10_levels.data.cifar10 import ImageSet, make_loader
+    from cifar10_levels.evaluation.evaluate import evaluate
 
     loader = acc.prepare(make_loader(ImageSet(images, labels), 50, train=False, seed=0))
     return evaluate(acc, model, loader, NORM, tta)
@@ -231,7 +231,7 @@ def test_each_rank_augments_differently_and_reproducibly():
 
 
 def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation_then_normalize():
-    from cifar10_levels.augment import color_jitter_standardize_
+    from cifar10_levels.data.augment import color_jitter_standardize_
 
     def gray(x):
         return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
@@ -253,7 +253,7 @@ def test_folded_color_jitter_equals_brightness_then_contrast_then_saturation_the
 
 
 def test_augmentation_flags_override_only_what_they_name():
-    from cifar10_levels.cli import recipe_from_args, train_parser
+    from cifar10_levels.cli.train import recipe_from_args, train_parser
 
     args = train_parser().parse_args(["--level", "2", "--color-jitter", "0", "--random-erasing", "0.5"])
     policy = recipe_from_args(args).augment
@@ -289,7 +289,7 @@ def test_crop_then_flip_in_one_gather_equals_the_two_steps():
 
 
 def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_epochs():
-    from cifar10_levels.augment import AlternatingFlip
+    from cifar10_levels.data.augment import AlternatingFlip
 
     images = batch(400)
     flip = AlternatingFlip(seed=3)
@@ -340,7 +340,7 @@ def reflect_shifted(img: torch.Tensor, right: int, down: int) -> torch.Tensor:
 
 
 def test_the_shift1_scheme_is_airbenchs_six_weighted_views(accelerator):
-    from cifar10_levels.augment import tta_scheme
+    from cifar10_levels.data.augment import tta_scheme
     from cifar10_levels.errors import UserError
 
     x = batch(3)
@@ -359,8 +359,8 @@ def test_the_shift1_scheme_is_airbenchs_six_weighted_views(accelerator):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 30 * 30, 10))
     norm = Normalizer(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tta_scheme="shift1")
-    from cifar10_levels.data import ImageSet, make_loader
-    from cifar10_levels.evaluation import evaluate
+    from cifar10_levels.data.cifar10 import ImageSet, make_loader
+    from cifar10_levels.evaluation.evaluate import evaluate
 
     loader = accelerator.prepare(make_loader(ImageSet(images, labels), 50, train=False, seed=0))
     result = evaluate(accelerator, model, loader, norm, 6)

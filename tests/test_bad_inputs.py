@@ -15,10 +15,10 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from cifar10_levels.cli import train_main
+from cifar10_levels.checkpoint.io import CheckpointMeta, load_checkpoint, save_checkpoint
+from cifar10_levels.cli.train import train_main
 from cifar10_levels.errors import UserError
-from cifar10_levels.models import create_model
+from cifar10_levels.models.factory import create_model
 
 from conftest import CLASS_NAMES, ROOT, make_images, run_cli, write_split
 

@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from cifar10_levels import metrics
-from cifar10_levels.plots import plot_reliability
+from cifar10_levels.evaluation import metrics
+from cifar10_levels.tracking.plots import plot_reliability
 
 
 def test_nll_is_the_mean_negative_log_probability_of_the_true_class():

@@ -1,8 +1,8 @@
 import torch
 from accelerate.utils import set_seed
 
-from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
-from cifar10_levels.models import create_model, set_backbone_trainable
+from cifar10_levels.checkpoint.io import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
+from cifar10_levels.models.factory import create_model, set_backbone_trainable
 
 from conftest import CLASS_NAMES
 

@@ -5,7 +5,7 @@ import json
 
 from safetensors.torch import load_file
 
-from cifar10_levels.checkpoint import load_checkpoint
+from cifar10_levels.checkpoint.io import load_checkpoint
 
 from conftest import train
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifar10_levels.checkpoint import read_meta
-from cifar10_levels.cli import train_main
-from cifar10_levels.rundir import find_state_dir, replace_dir
+from cifar10_levels.checkpoint.io import read_meta
+from cifar10_levels.cli.train import train_main
+from cifar10_levels.checkpoint.run_dir import find_state_dir, replace_dir
 
 from conftest import ROOT, TINY_TRAIN, train
 

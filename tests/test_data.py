@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from cifar10_levels.data import load_cifar10, make_loader, stratified_split, stratified_subset
+from cifar10_levels.data.cifar10 import load_cifar10, make_loader, stratified_split, stratified_subset
 
 
 def test_split_is_stratified_disjoint_and_deterministic():

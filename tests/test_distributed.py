@@ -181,7 +181,7 @@ def test_two_processes_of_batch_b_match_one_process_of_batch_2b(checks):
     assert max_difference(weights(checks, "two"), one) < 1e-4
     from accelerate.utils import set_seed
 
-    from cifar10_levels.models import create_model
+    from cifar10_levels.models.factory import create_model
 
     set_seed(42)  # the Trainer's initial weights: training moved them far more than the tolerance
     assert max_difference(create_model("test_convnext", 10).state_dict(), one) > 1e-2
@@ -201,7 +201,7 @@ def test_linear_lr_scaling_follows_the_global_batch(checks):
 
 
 def test_scaled_lr():
-    from cifar10_levels.optim import scaled_lr
+    from cifar10_levels.optim.factory import scaled_lr
     from cifar10_levels.recipes import get_recipe
 
     recipe = get_recipe("1").with_overrides(batch_size=32)

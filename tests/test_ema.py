@@ -13,9 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cifar10_levels import ema as ema_module, trainer
-from cifar10_levels.checkpoint import read_meta
-from cifar10_levels.cli import train_main
+from cifar10_levels.train import ema as ema_module
+from cifar10_levels.train import trainer
+from cifar10_levels.checkpoint.io import read_meta
+from cifar10_levels.cli.train import train_main
 from cifar10_levels.errors import UserError
 
 from conftest import TINY_TRAIN

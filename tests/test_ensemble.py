@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar10_levels.ensemble import main as ensemble_main
+from cifar10_levels.cli.ensemble import main as ensemble_main
 from conftest import CLASS_NAMES, run_cli, train
 
 # (arch, training size): three architectures, two resolutions
@@ -132,8 +132,8 @@ def test_votes_three_architectures_at_their_own_sizes(runs, tiny_cifar, tmp_path
 # ---- bad input: exit 2, one line, nothing written -------------------------------------------
 def make_checkpoint(path: Path, arch: str = "test_resnet", class_names=CLASS_NAMES, **meta) -> Path:
     """An untrained but well-formed checkpoint (no training needed to test refusals)."""
-    from cifar10_levels.checkpoint import CheckpointMeta, save_checkpoint
-    from cifar10_levels.models import create_model
+    from cifar10_levels.checkpoint.io import CheckpointMeta, save_checkpoint
+    from cifar10_levels.models.factory import create_model
 
     model = create_model("test_resnet", len(class_names))
     fields = dict(arch=arch, level="1", img_size=32, num_classes=len(class_names),
@@ -263,7 +263,7 @@ def test_dataset_with_other_classes(capsys, tmp_path, tiny_cifar):
 def test_member_labels_grow_until_runs_with_the_same_file_names_differ():
     from pathlib import Path
 
-    from cifar10_levels.ensemble_members import member_labels
+    from cifar10_levels.ensemble.members import member_labels
 
     same_names = [Path("/x/runs/seed0/Lfast-net/best.safetensors"),
                   Path("/x/runs/seed1/Lfast-net/best.safetensors")]

@@ -14,7 +14,7 @@ from trained_runs import trained_run
 
 
 def export(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "cifar10_levels.export", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cifar10_levels.hub.export", *map(str, args)], cwd=ROOT,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600)
 
@@ -31,8 +31,8 @@ def exported(request, tiny_cifar, tmp_path_factory):
 def test_timm_loads_the_export_with_the_same_logits_as_load_checkpoint(exported):
     import timm
 
-    import cifar10_levels.speednet  # noqa: F401  the card says so for cifar_speednet
-    from cifar10_levels.checkpoint import load_checkpoint
+    import cifar10_levels.models.speednet  # noqa: F401  the card says so for cifar_speednet
+    from cifar10_levels.checkpoint.io import load_checkpoint
 
     run, out = exported
     ours, meta = load_checkpoint(run / "best.safetensors")
@@ -97,7 +97,7 @@ def without_hub_access(tmp_path) -> dict:
 def test_push_offline_fails_in_one_line_and_keeps_the_export(tiny_cifar, tmp_path_factory, tmp_path):
     run = trained_run("resnet", tiny_cifar, tmp_path_factory)
     env = {**without_hub_access(tmp_path), "HF_TOKEN": "hf_not_checked_offline", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "cifar10_levels.export", str(run), str(tmp_path / "m"),
+    result = subprocess.run([sys.executable, "-m", "cifar10_levels.hub.export", str(run), str(tmp_path / "m"),
                              "--push-to-hub", "someone/cifar10-test"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
@@ -110,7 +110,7 @@ def test_push_without_a_token_fails_in_one_line(tiny_cifar, tmp_path_factory, tm
     run = trained_run("resnet", tiny_cifar, tmp_path_factory)
     env = without_hub_access(tmp_path)
     env.pop("HF_HUB_OFFLINE"), env.pop("HF_DATASETS_OFFLINE")
-    result = subprocess.run([sys.executable, "-m", "cifar10_levels.export", str(run), str(tmp_path / "m"),
+    result = subprocess.run([sys.executable, "-m", "cifar10_levels.hub.export", str(run), str(tmp_path / "m"),
                              "--push-to-hub", "someone/cifar10-test"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
@@ -149,7 +149,7 @@ def test_push_uploads_the_export_folder_as_written(exported, monkeypatch):
     from huggingface_hub import HfApi, ModelCard
 
     from cifar10_levels.errors import UserError
-    from cifar10_levels.export import push_export
+    from cifar10_levels.hub.export import push_export
 
     _, out = exported
     calls = []
@@ -170,8 +170,8 @@ def test_push_uploads_the_export_folder_as_written(exported, monkeypatch):
 
 
 def test_the_card_says_when_the_weights_are_the_ema():
-    from cifar10_levels.checkpoint_meta import CheckpointMeta
-    from cifar10_levels.model_card import card_text
+    from cifar10_levels.checkpoint.meta import CheckpointMeta
+    from cifar10_levels.hub.model_card import card_text
 
     meta = CheckpointMeta(arch="resnet18", level="1", img_size=32, num_classes=2, class_names=["a", "b"],
                           mean=[0.5] * 3, std=[0.25] * 3, seed=0, epoch=3, val_acc=0.5,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cifar10_levels.cli import train_parser
+from cifar10_levels.cli.train import train_parser
 from cifar10_levels.recipes import LEVELS
 
 from conftest import ROOT, run_cli
@@ -31,7 +31,7 @@ def test_every_flag_has_a_help_line():
 
 
 def test_help_imports_no_heavy_library():
-    code = ("import sys; from cifar10_levels.cli import train_parser; train_parser().format_help(); "
+    code = ("import sys; from cifar10_levels.cli.train import train_parser; train_parser().format_help(); "
             "print(sorted({'torch', 'timm', 'datasets', 'accelerate'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

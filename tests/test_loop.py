@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from cifar10_levels.loop import train_one_epoch
-from cifar10_levels.precision import Amp
+from cifar10_levels.train.loop import train_one_epoch
+from cifar10_levels.runtime.precision import Amp
 from cifar10_levels.recipes import Augment, get_recipe
-from cifar10_levels.step_hooks import Diverged, StepHooks, StopFlag
-from cifar10_levels.train_state import TrainState
+from cifar10_levels.train.step_hooks import Diverged, StepHooks, StopFlag
+from cifar10_levels.checkpoint.train_state import TrainState
 
 BATCHES, BATCH = 6, 8
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from cifar10_levels.checkpoint import load_checkpoint
+from cifar10_levels.checkpoint.io import load_checkpoint
 
 from conftest import ROOT, TINY_TRAIN
 from test_distributed import free_port

@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from cifar10_levels import precision, trainer
-from cifar10_levels.cli import train_main
+from cifar10_levels.runtime import precision
+from cifar10_levels.train import trainer
+from cifar10_levels.cli.train import train_main
 from cifar10_levels.recipes import get_recipe
 
 from conftest import TINY_TRAIN

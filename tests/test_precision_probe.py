@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifar10_levels import precision_probe, step_timing
-from cifar10_levels.cli import train_main
-from cifar10_levels.precision_probe import BF16_MIN_SPEEDUP, CACHE_FILE, cpu_precision
+from cifar10_levels.runtime import precision_probe
+from cifar10_levels.runtime import step_timing
+from cifar10_levels.cli.train import train_main
+from cifar10_levels.runtime.precision_probe import BF16_MIN_SPEEDUP, CACHE_FILE, cpu_precision
 from cifar10_levels.recipes import get_recipe
-from cifar10_levels.step_timing import StepCost, step_cost, untouched_rng
+from cifar10_levels.runtime.step_timing import StepCost, step_cost, untouched_rng
 
 from conftest import FP32, TINY_TRAIN
 

@@ -25,7 +25,7 @@ def resnet_run(tiny_cifar, tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_images(tiny_cifar, tmp_path_factory):
     """The test split as PNG files named INDEX_LABEL.png, and the split itself."""
-    from cifar10_levels.data import load_cifar10
+    from cifar10_levels.data.cifar10 import load_cifar10
 
     test = load_cifar10(str(tiny_cifar)).test
     folder = tmp_path_factory.mktemp("test_pngs")
@@ -36,7 +36,7 @@ def test_images(tiny_cifar, tmp_path_factory):
 
 def reference_probs(checkpoint, images):
     """An independent forward pass: torch's interpolate and plain arithmetic, no package code path."""
-    from cifar10_levels.checkpoint import load_checkpoint
+    from cifar10_levels.checkpoint.io import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
@@ -140,4 +140,4 @@ def test_ensemble_of_one_points_to_evaluate(resnet_run, tiny_cifar):
     result = subprocess.run([sys.executable, str(ROOT / "ensemble.py"), "--weights",
                              str(resnet_run / "best.safetensors"), "--dataset", str(tiny_cifar)],
                             capture_output=True, text=True, timeout=600)
-    assert result.returncode == 2 and "cifar10_levels.evaluate" in result.stderr
+    assert result.returncode == 2 and "cifar10_levels.cli.evaluate" in result.stderr

@@ -18,8 +18,8 @@ def test_resnet_checkpoint_as_pretrained_file(tiny_cifar, tmp_path_factory, tmp_
 
 def test_speednet_checkpoint_as_pretrained_file_keeps_its_whitening(tiny_cifar, tmp_path_factory,
                                                                      tmp_path):
-    from cifar10_levels.data import load_cifar10
-    from cifar10_levels.speednet import SpeedNet
+    from cifar10_levels.data.cifar10 import load_cifar10
+    from cifar10_levels.models.speednet import SpeedNet
 
     source = trained_run("speednet", tiny_cifar, tmp_path_factory) / "best.safetensors"
     train(tiny_cifar, tmp_path, "--level", "fast", "--epochs", "1", "--train-limit", "200",

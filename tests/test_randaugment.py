@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from cifar10_levels.randaugment import OPS, apply_ops, apply_torchvision_op, op_space, randaugment
+from cifar10_levels.data.randaugment import OPS, apply_ops, apply_torchvision_op, op_space, randaugment
 
 
 def photo_like(n: int, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`python -m cifar10_levels.report DIR`: the write-up's results table from every run's results.json."""
+"""`python -m cifar10_levels.cli.report DIR`: the write-up's results table from every run's results.json."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-from cifar10_levels.report import target_met
+from cifar10_levels.cli.report import target_met
 
 
 def write_results(path: Path, **fields) -> None:
@@ -21,7 +21,7 @@ def write_results(path: Path, **fields) -> None:
 
 
 def report(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifar10_levels.report", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cifar10_levels.cli.report", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

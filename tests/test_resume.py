@@ -12,9 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cifar10_levels.cli import train_main
+from cifar10_levels.cli.train import train_main
 
-from cifar10_levels.ema import EMA_STATE_FILE
+from cifar10_levels.train.ema import EMA_STATE_FILE
 
 from conftest import TINY_TRAIN, train
 from test_crash_safety import RUN, SMALL, check_every_file_loads, start_train, wait_for

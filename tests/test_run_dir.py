@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cifar10_levels.cli import train_main
+from cifar10_levels.cli.train import train_main
 
 from conftest import ROOT, TINY_TRAIN, run_cli, train
 
@@ -40,7 +40,7 @@ def test_a_second_seed_keeps_the_first_run_and_ensemble_and_report_find_both(tin
                        "--output-dir", tmp_path / "ensemble")
     assert ensemble.returncode == 0, ensemble.stderr
     assert "L1-test_resnet-s1" in ensemble.stdout and "L1-test_resnet-s2" in ensemble.stdout
-    report = subprocess.run([sys.executable, "-m", "cifar10_levels.report", out], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "cifar10_levels.cli.report", out], cwd=ROOT,
                             capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     assert "L1-test_resnet-s1" in report.stdout and "L1-test_resnet-s2" in report.stdout

@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 
-from cifar10_levels.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from cifar10_levels.data import load_cifar10
-from cifar10_levels.models import create_model, set_backbone_trainable
+from cifar10_levels.checkpoint.io import CheckpointMeta, load_checkpoint, save_checkpoint
+from cifar10_levels.data.cifar10 import load_cifar10
+from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
-from cifar10_levels.speednet import SpeedNet, whitening_filters
+from cifar10_levels.models.speednet import SpeedNet, whitening_filters
 from conftest import run_cli, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
@@ -137,7 +137,7 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
 
 
 def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
-    from cifar10_levels.optim import build_scheduler
+    from cifar10_levels.optim.factory import build_scheduler
 
     torch.manual_seed(0)
     model = SpeedNet()
@@ -163,7 +163,7 @@ def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
 
 
 def test_airbench_options_reach_the_recipe_from_flags():
-    from cifar10_levels.cli import recipe_from_args, train_parser
+    from cifar10_levels.cli.train import recipe_from_args, train_parser
     from cifar10_levels.errors import UserError
 
     recipe = recipe_from_args(train_parser().parse_args(
@@ -172,7 +172,7 @@ def test_airbench_options_reach_the_recipe_from_flags():
     assert (recipe.augment.crop_fill, recipe.augment.flip_alternate, recipe.whiten_bias_fraction,
             recipe.tta_scheme) == ("reflect", True, 0.375, "shift2")
     assert recipe_from_args(train_parser().parse_args(["--level", "fast"])) == get_recipe("fast")
-    from cifar10_levels.augment import TTA_SCHEMES
+    from cifar10_levels.data.augment import TTA_SCHEMES
     flag = next(a for a in train_parser()._actions if "--tta-scheme" in a.option_strings)
     assert set(flag.choices) == set(TTA_SCHEMES)
     for bad in ("0", "1.5", "nan"):

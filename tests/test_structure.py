@@ -99,8 +99,8 @@ def test_every_module_stays_small():
 
 
 def test_ensemble_help_and_report_answer_without_importing_torch():
-    code = ("import sys; from cifar10_levels.ensemble import ensemble_parser; "
-            "import cifar10_levels.report; ensemble_parser().format_help(); print('torch' in sys.modules)")
+    code = ("import sys; from cifar10_levels.cli.ensemble import ensemble_parser; "
+            "import cifar10_levels.cli.report; ensemble_parser().format_help(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
 

@@ -15,12 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifar10_levels import step_hooks, step_timing, time_budget_probe, trainer
-from cifar10_levels.arguments import duration
-from cifar10_levels.cli import train_main
+from cifar10_levels.train import step_hooks
+from cifar10_levels.runtime import step_timing
+from cifar10_levels.runtime import time_budget_probe
+from cifar10_levels.train import trainer
+from cifar10_levels.cli.arguments import duration
+from cifar10_levels.cli.train import train_main
 from cifar10_levels.errors import UserError
 from cifar10_levels.recipes import get_recipe
-from cifar10_levels.time_budget import RESERVE_FRACTION, BudgetPlan, RunCosts, TrainingLength, \
+from cifar10_levels.runtime.time_budget import RESERVE_FRACTION, BudgetPlan, RunCosts, TrainingLength, \
     phase_steps, training_seconds
 
 from conftest import TINY_TRAIN
@@ -245,7 +248,7 @@ def test_a_budget_cannot_be_added_to_a_run_started_without_one(tiny_cifar, tmp_p
 
 def test_with_an_ema_the_plan_counts_its_validation_and_test_passes():
     from cifar10_levels.recipes import get_recipe
-    from cifar10_levels.time_budget_probe import evaluation_passes
+    from cifar10_levels.runtime.time_budget_probe import evaluation_passes
 
     assert evaluation_passes(get_recipe("fast")) == (1, 1)
     # each epoch validates raw and EMA; the end tests the last raw weights, the EMA, then the best
@@ -290,7 +293,7 @@ def test_a_run_well_ahead_of_its_plan_lengthens_the_steps_left_within_the_budget
 
 
 def test_a_replanned_run_moves_the_schedules_end():
-    from cifar10_levels.optim import build_scheduler
+    from cifar10_levels.optim.factory import build_scheduler
 
     recipe = get_recipe("fast")
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)

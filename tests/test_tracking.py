@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import ROOT, train
 
-from cifar10_levels.trackers import flat_config
-from cifar10_levels.wandb_account import WandbMode, choose_wandb_mode
+from cifar10_levels.tracking.trackers import flat_config
+from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode
 
 # A run with mistakes left (so the misclassified grid is filled) and >= 50 steps (one step log).
 RUN_FLAGS = ["--arch", "test_resnet", "--epochs", "1", "1", "--lr", "1e-2", "1e-3",
@@ -275,7 +275,7 @@ def test_log_ensemble_writes_one_run_with_the_table(tmp_path, monkeypatch):
     import subprocess
 
     no_account(monkeypatch, tmp_path)
-    code = ("from cifar10_levels.ensemble_tracking import log_ensemble; "
+    code = ("from cifar10_levels.ensemble.tracking import log_ensemble; "
             "log_ensemble([['soft vote', 0.91, 0.9], ['oracle', None, 0.95]], "
             "['method', 'val_acc', 'test_acc'], "
             f"out_dir={str(tmp_path)!r}, config={{'members': 3}})")

@@ -25,7 +25,7 @@ MAX_TTA_LOSS = 0.04
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_every_level_learns_and_writes_checkpoints_and_results(structured_cifar, tmp_path, level):
-    from cifar10_levels.models import create_model
+    from cifar10_levels.models.factory import create_model
 
     arch = "test_resnet"
     result = train(structured_cifar, tmp_path, "--level", level, "--arch", arch,
@@ -55,7 +55,7 @@ def test_every_level_learns_and_writes_checkpoints_and_results(structured_cifar,
 def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar, tmp_path):
     from accelerate.utils import set_seed
 
-    from cifar10_levels.models import create_model
+    from cifar10_levels.models.factory import create_model
 
     train(tiny_cifar, tmp_path, "--arch", "test_resnet", "--epochs", "2", "0", "--lr", "1e-2", "1e-2")
     after = load_file(str(tmp_path / "L1-test_resnet-s42" / "last.safetensors"))
@@ -71,7 +71,7 @@ def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar
 
 
 def test_help_answers_without_importing_torch():
-    code = ("import sys; from cifar10_levels.cli import train_parser; "
+    code = ("import sys; from cifar10_levels.cli.train import train_parser; "
             "train_parser().format_help(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "False"

@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from cifar10_levels import precision, trainer
-from cifar10_levels.cli import recipe_from_args, train_main, train_parser
-from cifar10_levels.models import create_model, set_backbone_trainable
-from cifar10_levels.optim import build_optimizer, build_scheduler
+from cifar10_levels.runtime import precision
+from cifar10_levels.train import trainer
+from cifar10_levels.cli.train import recipe_from_args, train_main, train_parser
+from cifar10_levels.models.factory import create_model, set_backbone_trainable
+from cifar10_levels.optim.factory import build_optimizer, build_scheduler
 from cifar10_levels.recipes import get_recipe
-from cifar10_levels.tracking import run_config
+from cifar10_levels.tracking.run_log import run_config
 
 from conftest import TINY_TRAIN
 
@@ -162,7 +163,7 @@ def test_default_groups_and_the_head_phase():
 
 
 def test_fast_recipe_no_decay_takes_it_off_its_bias_group_only():
-    import cifar10_levels.speednet  # noqa: F401  registers cifar_speednet
+    import cifar10_levels.models.speednet  # noqa: F401  registers cifar_speednet
 
     recipe = get_recipe("fast")
     model = create_model("cifar_speednet", 10, pretrained=False)
@@ -211,7 +212,7 @@ def test_resume_between_the_phases_restores_the_ema_bit_for_bit(accumulated, tin
     """Phase 1 alone, then --resume with phase 2 added: the same EMA and weights as the run of both."""
     from safetensors.torch import load_file
 
-    from cifar10_levels.ema import EMA_STATE_FILE
+    from cifar10_levels.train.ema import EMA_STATE_FILE
 
     run_in_process(tiny_cifar, tmp_path, *ARGS, "--epochs", "1", "0")
     run_dir, expected_dir = next(tmp_path.glob("*/results.json")).parent, accumulated["run_dir"]

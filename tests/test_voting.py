@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from cifar10_levels import metrics, voting
+from cifar10_levels.evaluation import metrics
+from cifar10_levels.ensemble import voting
 
 
 def probs(*members: list[list[float]]) -> torch.Tensor:

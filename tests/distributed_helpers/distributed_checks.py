@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from cifar10_levels.options import RunOptions  # noqa: E402
+from cifar10_levels.train.options import RunOptions  # noqa: E402
 from cifar10_levels.recipes import Augment, Phase, Recipe  # noqa: E402
 
 EVAL_SAMPLES = 1001
@@ -44,7 +44,7 @@ def equivalence_recipe(batch_size: int, lr: float) -> Recipe:
 
 
 def train(dataset: str, out: str, batch_size: int, grad_accum: int, lr: float, scaling: str) -> None:
-    from cifar10_levels.trainer import Trainer
+    from cifar10_levels.train.trainer import Trainer
 
     torch.set_num_threads(1)
     opts = RunOptions(output_dir=Path(out), dataset=dataset, mixed_precision="no",
@@ -57,10 +57,10 @@ def evaluate_split(out: str) -> None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from cifar10_levels.augment import Normalizer
-    from cifar10_levels.data import ImageSet, make_loader
-    from cifar10_levels.evaluation import evaluate
-    from cifar10_levels.models import create_model
+    from cifar10_levels.data.augment import Normalizer
+    from cifar10_levels.data.cifar10 import ImageSet, make_loader
+    from cifar10_levels.evaluation.evaluate import evaluate
+    from cifar10_levels.models.factory import create_model
 
     torch.set_num_threads(1)
     accelerator = Accelerator()

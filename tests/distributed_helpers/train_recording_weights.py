@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cifar10_levels import trainer  # noqa: E402
-from cifar10_levels.cli import train_main  # noqa: E402
+from cifar10_levels.train import trainer  # noqa: E402
+from cifar10_levels.cli.train import train_main  # noqa: E402
 
 
 def digest(tensors) -> str:

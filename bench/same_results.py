@@ -1,0 +1,95 @@
+"""Two checkouts of this repo, the same reference runs, side by side in one sitting: are the results
+bit-identical, and is the speed within noise? For refactors that must not change behaviour.
+
+    git worktree add /tmp/before <commit>
+    python bench/same_results.py --before /tmp/before --after . --dataset DIR
+
+DIR is CIFAR-10 in the HF Hub layout (`hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR`).
+The runs alternate (before, after, before, after) so a machine that slows down hurts both sides alike.
+Each side's `train.py` imports the package from its own checkout (the script's folder comes first on
+sys.path). The fast recipe runs with bf16 fixed, so the CPU precision probe cannot choose differently.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from measure import environment_header
+
+REFERENCES = {
+    "level 1, resnet18 32 px, 3 epochs": ["--level", "1", "--arch", "resnet18", "--img-size", "32",
+                                          "--no-pretrained", "--epochs", "0", "3", "--lr", "1e-3", "1e-3",
+                                          "--mixed-precision", "no"],
+    "fast recipe, 1 epoch": ["--level", "fast", "--epochs", "1", "--mixed-precision", "bf16"],
+}
+COMPARED = ("test_acc", "test_loss", "test_nll", "test_acc_tta", "best_val_acc", "best_epoch", "per_class_acc")
+
+
+def run(checkout: Path, args: list[str], dataset: str, out: Path) -> tuple[dict, float]:
+    command = [sys.executable, str(checkout / "train.py"), *args, "--dataset", dataset, "--seed", "42",
+               "--output-dir", str(out), "--report-to", "none", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    start = time.perf_counter()
+    subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - start
+    results_file = next(out.glob("*/results.json"))
+    results = json.loads(results_file.read_text())
+    compared = {key: results.get(key) for key in COMPARED}
+    compared["best weights sha256"] = tensors_sha256(results_file.parent / "best.safetensors")
+    return compared, seconds
+
+
+def tensors_sha256(path: Path) -> str:
+    """The weights alone (the file's metadata holds the package version, which a refactor may bump)."""
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(path).items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(-1).view(torch_uint8()).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, required=True, help="checkout of the old code")
+    parser.add_argument("--after", type=Path, required=True, help="checkout of the new code")
+    parser.add_argument("--dataset", required=True, help="CIFAR-10 in the HF Hub layout")
+    parser.add_argument("--only", choices=sorted(REFERENCES), help="run one reference only")
+    args = parser.parse_args()
+    print(environment_header())
+    print("| reference | metric | before | after | same |\n|---|---|---|---|---|")
+    all_same = True
+    for name, flags in REFERENCES.items():
+        if args.only and name != args.only:
+            continue
+        measured = {}
+        for side in ("before", "after"):
+            with tempfile.TemporaryDirectory() as tmp:
+                measured[side] = run(getattr(args, side).resolve(), flags, args.dataset, Path(tmp))
+        (before, before_s), (after, after_s) = measured["before"], measured["after"]
+        for key in before:
+            same = before[key] == after[key]
+            all_same &= same
+            print(f"| {name} | {key} | {before[key]} | {after[key]} | {'yes' if same else '**no**'} |")
+        print(f"| {name} | wall seconds | {before_s:.1f} | {after_s:.1f} | ratio after/before "
+              f"{after_s / before_s:.3f} |")
+    print("bit-identical" if all_same else "RESULTS DIFFER")
+    return 0 if all_same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Where a run lives (OUTPUT/RUN_NAME) and the rule that no run is ever replaced silently."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..recipes import Recipe
+
+STATE_DIR = "state"     # Accelerate's save_state + train_state.json, for --resume
+# Any of these in a directory means a run (finished or not) lives there.
+RUN_FILES = ("best.safetensors", "last.safetensors", "results.json", "history.jsonl",
+             "state", "state.old", "state.tmp")
+
+
+def run_name(recipe: Recipe, explicit: str | None = None) -> str:
+    """The run's name: its directory under --output-dir and its W&B name (--run-name overrides)."""
+    return explicit or f"L{recipe.level}-{recipe.arch}-s{recipe.seed}"
+
+
+def run_dir(output_dir: str | Path, recipe: Recipe, explicit_name: str | None = None) -> Path:
+    return Path(output_dir) / run_name(recipe, explicit_name)
+
+
+def check_run_name(name: str) -> str | None:
+    """None when `name` can be a directory name; otherwise why not."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        return "must be a plain directory name (no '/', not '.' or '..')"
+    return None
+
+
+def existing_run_files(directory: Path) -> list[str]:
+    return [name for name in RUN_FILES if (directory / name).exists()]
+
+
+def find_state_dir(run_dir: Path) -> Path | None:
+    """Where --resume reads: state/, or state.old/ when a kill came between the two renames."""
+    for candidate in (run_dir / STATE_DIR, run_dir / (STATE_DIR + ".old")):
+        if (candidate / "train_state.json").exists():
+            return candidate
+    return None
+
+
+def has_saved_state(directory: Path) -> bool:
+    return find_state_dir(directory) is not None
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap a finished directory into place; a kill leaves `target` or `target.old` intact."""
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        if old.exists():  # stale: only deleted while `target` is a complete copy
+            shutil.rmtree(old)
+        target.rename(old)
+    new.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def run_dir_problem(directory: Path, resume: bool, overwrite: bool) -> str | None:
+    """The one-line reason this run may not use `directory`, or None when it may."""
+    found = existing_run_files(directory) if directory.is_dir() else []
+    if resume:
+        if not has_saved_state(directory):
+            return (f"--resume: nothing to resume in {directory} (no saved state); "
+                    "start without --resume")
+        return None
+    if found and not overwrite:
+        return (f"run directory {directory} already holds a run ({', '.join(found)}); continue it "
+                "with --resume, replace it with --overwrite, or keep it and start a new run with "
+                "another --seed, --run-name or --output-dir")
+    return None
+
+
+def clear_run_dir(directory: Path) -> None:
+    """--overwrite: the earlier run goes only now, once the new one has passed every check."""
+    if directory.is_dir():
+        shutil.rmtree(directory)

@@ -1,0 +1,129 @@
+"""What a run keeps on disk: best/last checkpoints and the state --resume reads, and which processes
+write them (the global main on a shared disk, each machine's main on machine-local disks)."""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file
+from torch import nn
+
+from .io import CheckpointMeta, read_meta, save_checkpoint
+from ..errors import UserError
+from ..files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
+from ..models.factory import clean_state_dict, load_full_state_dict
+from ..recipes import Recipe
+from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, replace_dir
+from .train_state import TrainState
+
+
+def on_every_process(accelerator: Accelerator, condition: bool) -> bool:
+    flag = torch.tensor([float(condition)], device=accelerator.device)
+    return bool(accelerator.gather(flag).min().item())
+
+
+def checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val_acc: float,
+                    test_acc: float | None = None, weights: str = "raw") -> CheckpointMeta:
+    r = recipe
+    return CheckpointMeta(arch=r.arch, level=r.level, img_size=r.img_size, num_classes=len(class_names),
+                          class_names=class_names, mean=list(r.mean), std=list(r.std), seed=r.seed,
+                          epoch=epoch, val_acc=val_acc, test_acc=test_acc, recipe=r.to_dict(),
+                          weights=weights)
+
+
+class RunStore:
+    """The run directory's checkpoints and state. Every method is called on every process."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, overwrite: bool):
+        self.accelerator, self.run_dir, self.overwrite = accelerator, run_dir, overwrite
+        if accelerator.is_local_main_process:  # every machine writes its own copy unless the disk is shared
+            check_writable_dir(run_dir)  # created in prepare_output_dir: bad input leaves nothing behind
+        accelerator.wait_for_everyone()
+        self.state_dir = find_state_dir(run_dir)
+        self.writes_files = accelerator.is_main_process  # set per machine once the disk is known
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.run_dir / "best.safetensors"
+
+    def check_resumable(self) -> None:
+        if not on_every_process(self.accelerator, self.state_dir is not None):
+            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state"
+                            f"{'' if self.state_dir is None else ' on another machine'}); "
+                            "start without --resume")
+
+    def prepare_output_dir(self) -> None:
+        """Shared disk: the global main writes. Machine-local disks: each machine's main keeps a copy
+        of best.safetensors and state/, which load_best and --resume read on that machine."""
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            self.make_run_dir()
+        accelerator.wait_for_everyone()
+        shared = self.output_dir_is_shared()
+        self.writes_files = accelerator.is_main_process or (accelerator.is_local_main_process and not shared)
+        accelerator.project_configuration.save_on_each_node = not shared  # Accelerate's save_state likewise
+        if self.writes_files and not accelerator.is_main_process:
+            self.make_run_dir()
+        accelerator.wait_for_everyone()
+
+    def output_dir_is_shared(self) -> bool:
+        """Whether every process sees the global main's run dir: it leaves a token there, all look."""
+        accelerator = self.accelerator
+        name = [f".shared-{uuid.uuid4().hex}.tmp" if accelerator.is_main_process else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(name)
+        token = self.run_dir / name[0]
+        if accelerator.is_main_process:
+            token.touch()
+        accelerator.wait_for_everyone()
+        shared = on_every_process(accelerator, token.exists())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            token.unlink()
+        return shared
+
+    def make_run_dir(self) -> None:
+        """--overwrite removes the earlier run only now, after every check has passed."""
+        if self.overwrite:
+            clear_run_dir(self.run_dir)
+        remove_stale_temporaries(ensure_writable_dir(self.run_dir))
+
+    def save_state(self, state: TrainState) -> None:
+        accelerator = self.accelerator
+        tmp = self.run_dir / (STATE_DIR + ".tmp")
+        if self.writes_files and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if self.writes_files:
+            write_json(tmp / "train_state.json", asdict(state))
+            replace_dir(tmp, self.run_dir / STATE_DIR)
+        accelerator.wait_for_everyone()
+
+    def load_train_state(self) -> TrainState:
+        """The saved TrainState, its best raised to best.safetensors' when that one is better."""
+        state = TrainState(**json.loads((self.state_dir / "train_state.json").read_text()))
+        best = self.best_checkpoint
+        if best.exists():  # saved after the state: a kill in between must not let a worse one replace it
+            meta = read_meta(best)
+            if meta.val_acc > state.best_val_acc:
+                state.best_val_acc, state.best_epoch, state.best_weights = meta.val_acc, meta.epoch, \
+                    meta.weights
+        return state
+
+    def save_checkpoint(self, model: nn.Module, name: str, meta: CheckpointMeta) -> None:
+        """Called on every process: under FSDP get_state_dict gathers the full weights."""
+        state = self.accelerator.get_state_dict(model)
+        if self.writes_files:
+            save_checkpoint(self.run_dir / f"{name}.safetensors", clean_state_dict(state), meta)
+
+    def load_best(self, model: nn.Module) -> None:
+        self.accelerator.wait_for_everyone()
+        load_full_state_dict(model, load_file(str(self.best_checkpoint)))

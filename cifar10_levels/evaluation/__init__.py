@@ -1,0 +1,8 @@
+"""Evaluation passes over a loader (plain and test-time augmented), inference helpers and metrics."""
+from ..lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "evaluate": ("EvalResult", "evaluate",),
+    "inference": ("make_accelerator", "model_probabilities",),
+    "metrics": ("confusion_matrix", "expected_calibration_error", "negative_log_likelihood", "per_class_accuracy", "reliability_bins",),
+})

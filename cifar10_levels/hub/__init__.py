@@ -1,0 +1,6 @@
+"""Publishing to the HF Hub: the export folder, the model card, the upload."""
+from ..lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "export": ("check_push_ready", "push_after_training",),
+})

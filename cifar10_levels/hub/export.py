@@ -1,0 +1,182 @@
+"""`cifar10-export CKPT OUT_DIR [--push-to-hub REPO_ID]`: a checkpoint as a timm Hub model.
+
+OUT_DIR gets timm's layout, written by timm's own `save_for_hf` (config.json + model.safetensors),
+so `timm.create_model("local-dir:OUT_DIR", pretrained=True)` loads it, plus a model card (README.md)
+and the run's pictures. The upload is huggingface_hub's `upload_folder` of exactly that directory:
+timm's `push_to_hf_hub` would save again into a temporary directory (pickle weights too, by
+default) and keep its own generated card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from ..cli.arguments import Parser
+from ..errors import UserError, exits_cleanly_on_user_error
+from ..files import UMASK
+from ..checkpoint.weights import BEST_NAME, EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
+
+HUB_EXPORT_DIR = "hub_export"           # inside a run directory, for train.py --push-to-hub
+PICTURES = ("confusion.png", "reliability.png")
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="cifar10-export", description="Write a checkpoint as a timm model directory "
+               "(config.json, model.safetensors, README.md model card) and optionally push it to "
+               "the Hugging Face Hub.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors checkpoint or a run directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the model directory to write")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload it, e.g. you/cifar10-resnet50 "
+                   "(needs a token: `hf auth login` or HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--wandb-url", metavar="URL", help="the training run's W&B page, for the card")
+    return p
+
+
+# ---- before any work -------------------------------------------------------------------------
+def check_push_ready(repo_id: str, flag: str = "--push-to-hub") -> str:
+    """The token, once the repo id, a token and the network are known to be there (fails in seconds)."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from ..offline import hub_offline, hub_reachable
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"{flag} {repo_id}: not a Hub repo id; use NAME or OWNER/NAME "
+                        "(letters, digits, -, _, .)") from None
+    token = get_token()
+    missing = []
+    if not token:
+        missing.append("a Hugging Face token (HF_TOKEN is unset and `hf auth login` saved none)")
+    if hub_offline():
+        missing.append("network access (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)")
+    elif not missing and not hub_reachable():
+        missing.append("network access (huggingface.co:443 cannot be reached)")
+    if missing:
+        raise UserError(f"{flag} {repo_id}: missing {' and '.join(missing)}; fix that, or drop "
+                        "--push-to-hub and upload later with cifar10-export CKPT DIR --push-to-hub")
+    from huggingface_hub import HfApi
+    try:
+        HfApi(token=token).whoami()
+    except Exception as err:
+        raise UserError(f"{flag} {repo_id}: the Hub rejected the token ({type(err).__name__}); "
+                        "log in again with `hf auth login` or set HF_TOKEN") from None
+    return token
+
+
+# ---- the export ------------------------------------------------------------------------------
+def run_results(checkpoint: Path, test_acc: float | None) -> dict | None:
+    """results.json beside the checkpoint, only if it describes these weights (best.safetensors
+    carries the test accuracy that results.json reports)."""
+    path = checkpoint.parent / "results.json"
+    if test_acc is None or not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if not isinstance(results, dict) or results.get("test_acc") != test_acc:
+        return None
+    return results
+
+
+def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
+                 wandb_url: str | None = None) -> Path:
+    """Write OUT_DIR (files replaced one by one, each whole); returns it."""
+    from timm.models import save_for_hf
+
+    from ..checkpoint.io import load_checkpoint
+    from ..files import check_writable_dir, write_text
+    from .model_card import card_text
+
+    check_writable_dir(out_dir, "OUT_DIR")
+    model, meta = load_checkpoint(checkpoint, "CKPT")
+    results = run_results(checkpoint, meta.test_acc)
+    wandb_url = wandb_url or (results or {}).get("wandb_url")
+    pictures = [checkpoint.parent / p for p in PICTURES
+                if results is not None and (checkpoint.parent / p).is_file()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_id = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}"
+    name = repo_id.split("/")[-1] if repo_id else f"cifar10-{meta.arch}-level{meta.level}"
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".export-"))
+    try:
+        save_for_hf(model, str(staging), safe_serialization=True,
+                    model_config={"label_names": meta.class_names, META_KEY: asdict(meta)},
+                    data_config={"input_size": (3, meta.img_size, meta.img_size),
+                                 "mean": tuple(meta.mean), "std": tuple(meta.std),
+                                 "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"})
+        write_text(staging / "README.md", card_text(
+            meta, results, model_id, name, pictures[0].name if pictures and
+            pictures[0].name == "confusion.png" else None, wandb_url))
+        for picture in pictures:
+            shutil.copyfile(picture, staging / picture.name)
+        for file in (EXPORT_WEIGHTS, EXPORT_CONFIG, "README.md", *(p.name for p in pictures)):
+            os.chmod(staging / file, 0o666 & ~UMASK)  # safetensors writes 0600
+            os.replace(staging / file, out_dir / file)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def push_export(out_dir: Path, repo_id: str, private: bool, token: str) -> str:
+    """Upload the export directory as it is; returns the repo's URL."""
+    from huggingface_hub import HfApi, ModelCard
+
+    keep = f"the export is kept in {out_dir}; retry with cifar10-export CKPT {out_dir} --push-to-hub {repo_id}"
+    try:
+        ModelCard.load(out_dir / "README.md").validate()  # the Hub's own metadata check
+        api = HfApi(token=token, library_name="cifar10-levels")
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo.repo_id, folder_path=str(out_dir),
+                          commit_message="Upload model exported by cifar10-levels",
+                          allow_patterns=[EXPORT_WEIGHTS, EXPORT_CONFIG, "README.md", "*.png"])
+    except Exception as err:
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise UserError(f"--push-to-hub {repo_id}: upload failed ({reason}); {keep}") from None
+    return str(repo)
+
+
+# ---- train.py --push-to-hub ------------------------------------------------------------------
+def push_after_training(run_dir: Path, repo_id: str, private: bool, token: str) -> None:
+    """End of a successful run, on the main process: export the best checkpoint, then push it."""
+    out_dir = export_model(run_dir / BEST_NAME, run_dir / HUB_EXPORT_DIR, repo_id)
+    print(f"exported: {out_dir}", flush=True)
+    print(f"pushed: {push_export(out_dir, repo_id, private, token)}", flush=True)
+
+
+@exits_cleanly_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = export_parser().parse_args(argv)
+    from ..checkpoint.weights import is_export_dir, resolve_weights
+
+    checkpoint = resolve_weights(args.checkpoint, "CKPT")
+    if is_export_dir(checkpoint):
+        raise UserError(f"CKPT {checkpoint}: already an export; push it by exporting its checkpoint")
+    problem = None
+    token = None
+    if args.push_to_hub:
+        try:
+            token = check_push_ready(args.push_to_hub)
+        except UserError as err:
+            problem = err  # the export is still written: it is useful on its own
+    out_dir = export_model(checkpoint, Path(args.out_dir), args.push_to_hub, args.wandb_url)
+    print(f"exported: {out_dir} (load it with timm.create_model(\"local-dir:{out_dir}\", "
+          "pretrained=True))")
+    if problem is not None:
+        raise UserError(f"{problem}; the export is kept in {out_dir}")
+    if args.push_to_hub:
+        print(f"pushed: {push_export(out_dir, args.push_to_hub, args.private, token)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

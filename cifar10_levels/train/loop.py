@@ -1,0 +1,78 @@
+"""The training loop: one epoch of plain PyTorch, wrapped by Accelerate."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data.augment import TrainAugment
+from .ema import WeightEma
+from ..runtime.precision import Amp
+from .step_hooks import StepHooks
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+
+def dominant_label(targets: torch.Tensor) -> torch.Tensor:
+    return targets.argmax(1) if targets.ndim == 2 else targets
+
+
+def nonfinite_on_any_process(accelerator, loss: torch.Tensor) -> bool:
+    """Every process skips together: one rank skipping DDP's backward would hang the others."""
+    flag = torch.isfinite(loss.detach()).logical_not().float()
+    return accelerator.reduce(flag, reduction="sum").item() > 0
+
+
+def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
+                    augment: TrainAugment, mix: bool, loss_fn: Callable, amp: Amp,
+                    hooks: StepHooks, clip_grad: float = 0.0, ema: WeightEma | None = None) -> EpochStats:
+    """One pass over the (sharded) training loader: batch -> augment -> forward -> loss -> backward
+    -> step -> log. `mix`: Mixup/CutMix on (then `loss_fn` takes soft targets). `clip_grad` (> 0) and
+    `ema` act once per optimizer step, on the batch that ends an accumulation."""
+    device = accelerator.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    hooks.start_epoch(len(loader))
+    for images, labels in loader:
+        with accelerator.accumulate(model):
+            inputs, targets = augment(images, labels, mix)
+            with amp.autocast():
+                logits = model(inputs)
+            loss = loss_fn(logits.float(), targets)
+            # fp16's GradScaler skips non-finite steps by itself, so only the other precisions
+            # pay a device sync to skip them (NaN gradients would ruin the weights)
+            if amp.scaler is not None or not nonfinite_on_any_process(accelerator, loss):
+                accelerator.backward(loss)
+                if clip_grad and accelerator.sync_gradients:
+                    amp.unscale_for_clipping(optimizer)
+                    accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+            # a skipped step still advances the schedule, which follows the batch count and ends with
+            # the phase; after a scaler skip Accelerate holds it back only for optimizers without
+            # fused scaling (the fast recipe's Muon/SGD): fused AdamW skips inside its kernel
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None and accelerator.sync_gradients:
+                ema.update()
+        seen += labels.shape[0]
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (logits.argmax(1) == dominant_label(targets)).sum()
+        hooks.after_step(loss, scheduler.get_last_lr()[0], seen)
+    hooks.end_epoch(loss)
+    seconds = time.perf_counter() - start
+    totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
+                                reduction="sum")
+    total_seen = max(totals[2].item(), 1.0)
+    return EpochStats(loss=totals[0].item() / total_seen, acc=totals[1].item() / total_seen,
+                      images=int(total_seen), seconds=seconds)

@@ -1,0 +1,142 @@
+"""Everything about a run that can be checked without training, checked before data is decoded or
+the model is built; every problem is reported at once, one line each."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+from .options import RunOptions
+from ..recipes import MAX_IMG_SIZE, MIN_IMG_SIZE, Recipe
+
+CIFAR10_TRAIN_IMAGES = 45_000   # the train split less the 10% validation split
+
+
+def preflight(recipe: Recipe, opts: RunOptions) -> None:
+    """Raise one UserError listing every problem found (one line each); return if there are none."""
+    problems = [p for p in (*recipe_problems(recipe), ema_problem(recipe, opts),
+                            *batch_problems(recipe, opts), *source_problems(recipe, opts),
+                            *output_problems(recipe, opts)) if p]
+    if len(problems) == 1:
+        raise UserError(problems[0])
+    if problems:
+        raise UserError(f"{len(problems)} problems, nothing was done:\n" +
+                        "\n".join(f"  {p}" for p in problems))
+
+
+def recipe_problems(recipe: Recipe) -> list[str | None]:
+    from ..data.augment import TTA_SCHEMES
+    from ..models.factory import check_arch
+
+    problems = []
+    try:
+        check_arch(recipe.arch, "--arch")
+    except UserError as err:
+        problems.append(str(err))
+    if not MIN_IMG_SIZE <= recipe.img_size <= MAX_IMG_SIZE:
+        problems.append(f"--img-size {recipe.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
+    views = len(TTA_SCHEMES[recipe.tta_scheme].views)
+    if recipe.tta > views:
+        problems.append(f"--tta {recipe.tta}: choose 0 to {views} views")
+    if not problems:
+        problems.append(img_size_problem(recipe))
+    return problems
+
+
+def ema_problem(recipe: Recipe, opts: RunOptions) -> str | None:
+    """FSDP shards the weights that ModelEmaV3 copies whole: refused rather than half supported."""
+    from .ema import resume_problem
+    from ..checkpoint.run_dir import find_state_dir, run_dir
+
+    if not recipe.ema_decay:
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return ("--ema: not supported under FSDP (timm's ModelEmaV3 needs the whole model on every "
+                "process); drop --ema, or launch with DDP (accelerate_configs/multi_gpu.yaml)")
+    directory = run_dir(opts.output_dir, recipe, opts.run_name)
+    return resume_problem(find_state_dir(directory)) if opts.resume and directory.is_dir() else None
+
+
+def img_size_problem(recipe: Recipe) -> str | None:
+    """A dry forward pass at the recipe's size: a clear error instead of a shape crash later."""
+    import torch
+
+    from ..models.factory import create_model
+
+    model = create_model(recipe.arch, num_classes=10).eval()
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, recipe.img_size, recipe.img_size))
+    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert on the input size
+        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
+        return (f"--img-size {recipe.img_size}: {recipe.arch} cannot take this size ({reason}); "
+                "try a multiple of 32")
+    return None
+
+
+def batch_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
+    problems = []
+    batch = recipe.batch_size
+    mixing = [p.name for p in recipe.phases if p.epochs > 0 and recipe.mixes(p)]
+    if mixing and batch % 2:
+        problems.append(f"--batch-size {batch}: Mixup/CutMix (phase '{mixing[0]}') pairs images, so "
+                        f"the batch must be even; use {batch - 1} or {batch + 1}, or turn mixing off "
+                        "with --mixup-alpha 0 --cutmix-alpha 0")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    train_images = min(opts.train_limit or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
+    if batch * processes > train_images:
+        what = f"--train-limit {opts.train_limit}" if opts.train_limit else "CIFAR-10's training split"
+        problems.append(f"--batch-size {batch}: larger than the {train_images} training images of "
+                        f"{what} split over {processes} process(es); lower it")
+    return problems
+
+
+def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
+    """The dataset and the pretrained weights: local, cached or on a reachable Hub."""
+    from ..data.checks import dataset_problem
+    from ..offline import hub_reachable
+    from ..models.factory import known_arch, pretrained_weights_problem
+
+    needs_hub = opts.dataset is None or (recipe.pretrained and not opts.pretrained_file)
+    hub_up = needs_hub and hub_reachable()
+    problems = [dataset_problem(opts.dataset, hub_up)]
+    if opts.pretrained_file:
+        problems.append(pretrained_file_problem(opts.pretrained_file, recipe.arch))
+    elif recipe.pretrained and known_arch(recipe.arch):
+        problems.append(pretrained_weights_problem(recipe.arch, hub_up))
+    return problems
+
+
+def pretrained_file_problem(path: str, arch: str) -> str | None:
+    from ..data.cifar10 import NUM_CLASSES
+    from ..models.factory import check_pretrained_file, refuse_pickle
+
+    if not Path(path).is_file():
+        return f"--pretrained-file {path}: no such file; pass a .safetensors file, or --no-pretrained"
+    try:
+        refuse_pickle(path, "--pretrained-file")
+        check_pretrained_file(path, arch, NUM_CLASSES)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
+    """The run directory: writable, and never a finished or unfinished run replaced silently."""
+    from ..files import check_writable_dir
+    from ..checkpoint.run_dir import check_run_name, run_dir, run_dir_problem
+
+    if opts.resume and opts.overwrite:
+        return ["--resume and --overwrite: choose one (--resume continues the run in the run "
+                "directory, --overwrite replaces it)"]
+    if opts.run_name is not None and (reason := check_run_name(opts.run_name)):
+        return [f"--run-name {opts.run_name!r}: {reason}"]
+    directory = run_dir(opts.output_dir, recipe, opts.run_name)
+    try:
+        check_writable_dir(opts.output_dir)
+    except UserError as err:
+        return [str(err)]
+    if directory.exists() and not directory.is_dir():
+        return [f"--run-name: the run directory {directory} is a file; pass another --run-name "
+                "or --output-dir"]
+    return [run_dir_problem(directory, opts.resume, opts.overwrite)]

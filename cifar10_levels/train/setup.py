@@ -1,0 +1,109 @@
+"""Setting up a run: the Accelerator and the checks only it can make, the model's memory layout,
+the losses and the three loaders."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import nn
+
+from ..data.cifar10 import CIFAR10, make_loader
+from ..errors import UserError
+from .options import RunOptions
+from ..runtime.precision import Amp, default_precision
+from ..runtime.precision_probe import PrecisionVerdict, agreed_cpu_precision
+from ..recipes import Recipe
+from ..tracking.trackers import tracker_names
+
+
+def make_accelerator(recipe: Recipe, opts: RunOptions, run_dir: Path) -> tuple[Accelerator, Amp]:
+    """The run's Accelerator and precision, checked to have formed what the launch asked for."""
+    precision, measured = choose_precision(recipe, opts)
+    accelerator = Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
+        # data_seed: the same shuffle on every process (the global seed differs per process)
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=recipe.seed, non_blocking=torch.cuda.is_available()),
+        log_with=tracker_names(opts.report_to) or None, project_dir=str(run_dir))
+    amp = Amp.for_accelerator(accelerator, precision)
+    amp.measured = measured
+    check_one_process_group(accelerator)
+    check_fsdp_formed(accelerator)
+    return accelerator, amp
+
+
+def choose_precision(recipe: Recipe, opts: RunOptions) -> tuple[str, PrecisionVerdict | None]:
+    """--mixed-precision when given; on CUDA the compute capability's; on a CPU the faster one, measured
+    before the Accelerator exists (it takes the precision when built) and the same on every process."""
+    if opts.mixed_precision:
+        return opts.mixed_precision, None
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # as the Accelerator will: ACCELERATE_USE_CPU makes launched processes one group of CPU processes
+    device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
+    if device.type != "cpu":
+        return default_precision(recipe), None
+    verdict = agreed_cpu_precision(recipe, uses_channels_last(recipe, opts, device))
+    return verdict.choice, verdict
+
+
+def check_one_process_group(accelerator: Accelerator) -> None:
+    """A launcher that started N processes which did not join one group: N runs on the same files."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > accelerator.num_processes:
+        raise UserError(f"the launcher started {launched} processes but each one trains alone (no GPU "
+                        "for --multi_gpu?); for CPU processes launch with ACCELERATE_USE_CPU=1 "
+                        "accelerate launch --multi_gpu ... (see docs/distributed.md)")
+
+
+def check_fsdp_formed(accelerator: Accelerator) -> None:
+    """Accelerate 1.15 turns an FSDP launch on CPUs into plain DDP (MULTI_CPU) without a word."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" \
+            and accelerator.distributed_type.name != "FSDP":
+        raise UserError(f"the launch asks for FSDP but Accelerate formed {accelerator.distributed_type.name}"
+                        " (it runs FSDP on GPUs only, not on a CPU); on a CPU launch with "
+                        "accelerate_configs/cpu_2proc.yaml instead (see docs/distributed.md)")
+
+
+def check_batch_fits(recipe: Recipe, data: CIFAR10, num_processes: int) -> None:
+    if len(data.train) < recipe.batch_size * num_processes:
+        raise UserError(f"--batch-size {recipe.batch_size}: larger than the {len(data.train)} "
+                        f"training images split over {num_processes} process(es); lower it")
+
+
+def uses_channels_last(recipe: Recipe, opts: RunOptions, device: torch.device) -> bool:
+    if opts.channels_last is not None:
+        return opts.channels_last
+    return device.type == "cuda" or recipe.channels_last_cpu
+
+
+def ready_model(model: nn.Module, data: CIFAR10, channels_last: bool) -> nn.Module:
+    """A data-initialised model (cifar_speednet's whitening) in the run's memory layout."""
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(data.train.images)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def make_losses(recipe: Recipe) -> tuple[nn.Module, nn.Module]:
+    """(hard-label loss, soft-target loss for Mixup/CutMix phases, whose targets carry the smoothing)."""
+    from timm.loss import SoftTargetCrossEntropy
+    return nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing), SoftTargetCrossEntropy()
+
+
+@dataclass
+class Loaders:
+    train: torch.utils.data.DataLoader
+    val: torch.utils.data.DataLoader
+    test: torch.utils.data.DataLoader
+
+
+def make_loaders(data: CIFAR10, recipe: Recipe) -> Loaders:
+    eval_batch = max(recipe.batch_size, 256)
+    return Loaders(train=make_loader(data.train, recipe.batch_size, True, recipe.seed),
+                   val=make_loader(data.val, eval_batch, False, recipe.seed),
+                   test=make_loader(data.test, eval_batch, False, recipe.seed))

@@ -1,0 +1,116 @@
+"""Our extras around each training step: divergence check, progress bar, step logging, the slow-run
+warning, and stop -> save_state -> raise on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..tracking.console import progress_bar
+from ..errors import UserError
+from ..checkpoint.train_state import TrainState
+
+LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
+STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
+SLOW_CHECK_STEP = 11      # the step whose mean time estimates the whole run's
+
+
+class Diverged(UserError):
+    """Losses stayed non-finite: stop, keep the best checkpoint so far."""
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived: state was saved, the run can be resumed."""
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set Accelerate's trigger; every process sees it at the next check."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.accelerator.set_trigger()
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self) -> bool:
+        return self.accelerator.check_trigger()
+
+
+class StepHooks:
+    """Called by train_one_epoch: `start_epoch`, `after_step` each batch, `end_epoch`.
+
+    `check_every_step`: without fp16's scaler the loop syncs every step anyway (to skip non-finite
+    losses together), so the divergence check costs nothing there; with it, every STOP_CHECK_EVERY.
+    """
+
+    def __init__(self, accelerator, state: TrainState, phase_name: str, *, max_nonfinite: int,
+                 best_checkpoint: Path, check_every_step: bool, stop: StopFlag,
+                 save_state: Callable[[], None], log_step: Callable[[dict, int], None],
+                 warn_if_slow: Callable[[float], None], progress: bool):
+        self.accelerator, self.state, self.phase_name = accelerator, state, phase_name
+        self.max_nonfinite, self.best_checkpoint = max_nonfinite, best_checkpoint
+        self.check_every_step, self.stop, self.save_state = check_every_step, stop, save_state
+        self.log_step, self.warn_if_slow, self.progress = log_step, warn_if_slow, progress
+        self.streak = torch.zeros(())   # non-finite losses in a row, kept on the device
+        self.steps = 0
+        self.started = 0.0
+        self.bar = None
+
+    def start_epoch(self, batches_left: int) -> None:
+        done = self.state.step  # batches already done when resuming mid-epoch
+        self.started = time.perf_counter()
+        self.steps = 0
+        self.streak = torch.tensor(float(self.state.nonfinite), device=self.accelerator.device)
+        self.bar = progress_bar(self.progress and self.accelerator.is_local_main_process,
+                                batches_left + done, done, f"{self.phase_name} ep {self.state.epoch + 1}")
+
+    def after_step(self, loss: torch.Tensor, lr: float, images_seen: int) -> None:
+        """`images_seen`: by this process in this epoch."""
+        state = self.state
+        self.streak = (self.streak + 1) * torch.isfinite(loss.detach()).logical_not()
+        self.steps += 1
+        state.step += 1
+        state.global_step += 1
+        if self.check_every_step or state.global_step % STOP_CHECK_EVERY == 0:
+            self.check_divergence(loss)
+        if self.bar is not None:
+            self.bar.update(1)
+        if state.global_step % LOG_EVERY == 0:
+            seconds = time.perf_counter() - self.started
+            self.log_step({"train/step_loss": loss.item(), "train/lr": lr,
+                           "train/images_per_s": images_seen * self.accelerator.num_processes / seconds},
+                          state.global_step)
+        if self.steps == SLOW_CHECK_STEP:
+            self.warn_if_slow((time.perf_counter() - self.started) / SLOW_CHECK_STEP)
+        if state.global_step % STOP_CHECK_EVERY == 0 and self.stop.requested():
+            self.save_state()
+            raise Stopped
+
+    def end_epoch(self, loss: torch.Tensor) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.check_divergence(loss)
+
+    def check_divergence(self, loss: torch.Tensor) -> None:
+        state = self.state
+        state.nonfinite = int(self.streak.item())
+        if state.nonfinite >= self.max_nonfinite:
+            best = self.best_checkpoint
+            kept = f"best checkpoint kept: {best}" if best.exists() else "no checkpoint saved yet"
+            raise Diverged(
+                f"loss was non-finite ({loss.item()}) for {state.nonfinite} steps in a row, up to "
+                f"step {state.global_step} in phase '{self.phase_name}'; {kept}; "
+                "try --mixed-precision bf16 (where supported) or no, or a lower --lr")
