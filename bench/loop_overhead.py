@@ -50,13 +50,14 @@ def timed_epoch_of_ours(trainer: Trainer, phase: Phase):
     """One call of the real train_one_epoch (through Trainer.train_epoch) on the prepared loader;
     returns (images, seconds)."""
     epochs = iter(range(10**9))
+    hooks = trainer.step_hooks(phase)
 
     def run() -> tuple[int, float]:
         set_train_mode(trainer.model, phase.train_backbone)
         trainer.prepared_train.set_epoch(next(epochs))
         trainer.state.step = 0
         start = time.perf_counter()
-        stats = trainer.train_epoch(phase, trainer.prepared_train)
+        stats = trainer.train_epoch(phase, trainer.prepared_train, hooks)
         return stats.images, time.perf_counter() - start
 
     return run

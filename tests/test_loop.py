@@ -31,9 +31,8 @@ def parts(accelerator, tmp_path, poison: bool = False, max_nonfinite: int = 20):
     state, logged = TrainState(), []
     hooks = StepHooks(accelerator, state, "full", max_nonfinite=max_nonfinite,
                       best_checkpoint=tmp_path / "best.safetensors", check_every_step=True,
-                      stop=StopFlag(accelerator), save_state=lambda: None,
-                      log_step=lambda metrics, step: logged.append(step), warn_if_slow=lambda s: None,
-                      progress=False)
+                      stop=StopFlag(accelerator), log_step=lambda metrics, step: logged.append(step),
+                      warn_if_slow=lambda s: None, progress=False)
     return model, optimizer, scheduler, loader, augment, state, hooks
 
 

@@ -129,9 +129,9 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
     trainer re-plans after each epoch as it would (the clock stands still at `costs.spent_seconds`)."""
     from accelerate.state import AcceleratorState, GradientState
 
-    def fake_costs(run_trainer) -> RunCosts:
+    def fake_costs(*probe_args, **probe_kwargs) -> RunCosts:
         if measure:
-            REAL_MEASUREMENT(run_trainer)
+            REAL_MEASUREMENT(*probe_args, **probe_kwargs)
         return costs
 
     after_step = step_hooks.StepHooks.after_step
@@ -148,7 +148,7 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
         patch.setattr(time_budget_probe, "measure_costs", fake_costs)
         patch.setattr(time_budget_probe, "process_seconds", lambda: costs.spent_seconds)
         if not replan:  # the clock stands still, so re-planning (tested below) would see a run far
-            patch.setattr(trainer, "replan", lambda t, phase, stats: t.plan)  # ahead and lengthen it
+            patch.setattr(trainer, "replan", lambda plan, *pace: plan)  # ahead and lengthen it
         patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
         return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
                            "--mixed-precision", "no", *args])
@@ -347,7 +347,7 @@ def paced_run(dataset: Path, out: Path, clock, seconds_per_step: float, budget: 
     costs = RunCosts((5.0, 5.0), epoch_end_seconds=5.0, final_eval_seconds=10.0, spent_seconds=20.0)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(time_budget_probe, "process_seconds", clock)
-        patch.setattr(time_budget_probe, "measure_costs", lambda run_trainer: costs)
+        patch.setattr(time_budget_probe, "measure_costs", lambda *probe_args, **probe_kwargs: costs)
         at_pace(patch, seconds_per_step)
         AcceleratorStateReset()
         assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
@@ -357,11 +357,10 @@ def paced_run(dataset: Path, out: Path, clock, seconds_per_step: float, budget: 
 
 def at_pace(patch: pytest.MonkeyPatch, seconds_per_step: float) -> None:
     """Make the trainer's re-planning see `seconds_per_step` for every step of the epoch just trained."""
-    import dataclasses
-
-    def replan(t, phase, stats):
-        steps = stats.images / t.plan.images_per_step
-        return time_budget_probe.replan(t, phase, dataclasses.replace(stats, seconds=seconds_per_step * steps))
+    def replan(plan, phase, phase_epochs_done, images, seconds, accelerator):
+        steps = images / plan.images_per_step
+        return time_budget_probe.replan(plan, phase, phase_epochs_done, images, seconds_per_step * steps,
+                                        accelerator)
     patch.setattr(trainer, "replan", replan)
 
 

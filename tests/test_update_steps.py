@@ -16,7 +16,6 @@ from cifar10_levels.cli.train import recipe_from_args, train_main, train_parser
 from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.optim.factory import build_optimizer, build_scheduler
 from cifar10_levels.recipes import get_recipe
-from cifar10_levels.tracking.run_log import run_config
 
 from conftest import TINY_TRAIN
 
@@ -75,7 +74,7 @@ def recorded_run(dataset: Path, out: Path, *args: str) -> dict:
         return ema_update(self, model, step)
 
     def recording_finish(self, seconds):
-        seen["trainer"], seen["tracker_config"] = self, run_config(self)
+        seen["trainer"], seen["tracker_config"] = self, self.log.config
         return finish(self, seconds)
 
     with pytest.MonkeyPatch.context() as patch:

@@ -5,5 +5,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "precision": ("Amp", "default_precision",),
     "precision_probe": ("PrecisionVerdict", "agreed_cpu_precision",),
     "time_budget": ("TrainingLength",),
-    "time_budget_probe": ("process_seconds", "replan", "run_plan",),
+    "time_budget_probe": ("ProbeParts", "process_seconds", "replan", "resumed_plan", "run_plan",),
 })

@@ -8,9 +8,12 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
+from torch import nn
 
 from ..errors import UserError
 from ..models.factory import set_backbone_trainable, set_train_mode
@@ -19,6 +22,12 @@ from . import step_timing
 from .step_timing import autocast_for, evaluation_step, step_cost, synchronizer, training_step, \
     untouched_rng
 from .time_budget import BudgetPlan, RunCosts
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ..data.cifar10 import CIFAR10
+    from ..recipes import Recipe
 
 PROBE_SHARE = 0.01   # of the budget, each measurement may take: a longer budget buys a truer plan
 COLLECTIVE_ROUNDS = 5
@@ -37,20 +46,33 @@ def wrapped(images: torch.Tensor, n: int) -> torch.Tensor:
     return images[torch.arange(n) % len(images)]
 
 
-def measure_costs(trainer) -> RunCosts:
+@dataclass(frozen=True)
+class ProbeParts:
+    """The run's own parts that measure_costs times a step of (the model on a copy of it)."""
+
+    model: nn.Module
+    data: CIFAR10
+    augment: Callable[[torch.Tensor, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    loss: nn.Module            # the hard-label loss: the probe's steps do not mix
+    precision: str             # the Accelerator's: "no", "fp16" or "bf16"
+    eval_batch: int            # the validation and test loaders' batch
+
+
+def measure_costs(parts: ProbeParts, recipe: Recipe, accelerator: Accelerator, *, grad_accum: int,
+                  budget_seconds: float, run_dir: Path) -> RunCosts:
     """Seconds of a step of each phase and of validation and the final test, on this process, timed
     on a copy of the run's model with its own data, augmentation, precision and memory layout."""
-    recipe, device, data = trainer.recipe, trainer.accelerator.device, trainer.data
-    processes, grad_accum = trainer.accelerator.num_processes, trainer.opts.grad_accum
-    autocast = (lambda: autocast_for(device, trainer.amp.name))
+    device, data, processes = accelerator.device, parts.data, accelerator.num_processes
+    autocast = (lambda: autocast_for(device, parts.precision))
     sync = synchronizer(device)
-    seconds = max(step_timing.PROBE_SECONDS, PROBE_SHARE * trainer.opts.time_budget)
+    seconds = max(step_timing.PROBE_SECONDS, PROBE_SHARE * budget_seconds)
     with untouched_rng(device):
-        model = copy.deepcopy(trainer.base_model).to(device)
+        model = copy.deepcopy(parts.model).to(device)
         images, labels = data.train.images.to(device), data.train.labels.to(device)
 
         def make_batch(n: int):
-            return trainer.augment(wrapped(images, n), wrapped(labels, n), False)
+            return parts.augment(wrapped(images, n), wrapped(labels, n), False)
 
         kinds = {}
         for phase in recipe.phases:
@@ -58,16 +80,16 @@ def measure_costs(trainer) -> RunCosts:
                 set_backbone_trainable(model, phase.train_backbone)
                 set_train_mode(model, phase.train_backbone)
                 optimizer = build_optimizer(model, recipe, phase.lr)
-                images_step, optimizer_step = training_step(model, optimizer, trainer.hard_loss,
-                                                            make_batch, autocast)
+                images_step, optimizer_step = training_step(model, optimizer, parts.loss, make_batch,
+                                                            autocast)
                 kinds[phase.train_backbone] = step_cost(images_step, recipe.batch_size, optimizer_step,
                                                         seconds, sync).seconds * grad_accum \
-                    + collective_seconds(trainer.accelerator, model)
+                    + collective_seconds(accelerator, model)
         model.eval()
-        eval_batch = trainer.val_loader.batch_size
-        evaluate = evaluation_step(model, lambda n: trainer.normalize(wrapped(images, n)), autocast)
+        eval_batch = parts.eval_batch
+        evaluate = evaluation_step(model, lambda n: parts.normalize(wrapped(images, n)), autocast)
         per_image = step_cost(evaluate, eval_batch, seconds=seconds, sync=sync).seconds / eval_batch
-        checkpoints = checkpoint_seconds(model, trainer.run_dir) if trainer.accelerator.is_main_process else 0.0
+        checkpoints = checkpoint_seconds(model, run_dir) if accelerator.is_main_process else 0.0
     step_seconds = tuple(kinds.get(p.train_backbone, 0.0) for p in recipe.phases)
     val_images, test_images = (math.ceil(len(s) / processes) for s in (data.val, data.test))
     val_passes, test_passes = evaluation_passes(recipe)
@@ -131,39 +153,41 @@ def slowest(accelerator, costs: RunCosts) -> RunCosts:
     return RunCosts(tuple(steps), epoch_end_seconds, final, spent)
 
 
-def replan(trainer, phase: int, stats) -> BudgetPlan:
-    """After an epoch of a budget run: the plan re-fitted to the time left at the loop's measured pace
+def run_plan(parts: ProbeParts, recipe: Recipe, accelerator: Accelerator, *, budget_seconds: float,
+             grad_accum: int, train_batches: int, images_per_step: int, run_dir: Path) -> BudgetPlan:
+    """The steps that fit `budget_seconds`, planned on the slowest process's measured costs (the same
+    plan on every process). `train_batches`: the unsharded train loader's; `images_per_step`: the
+    global batch."""
+    measured = measure_costs(parts, recipe, accelerator, grad_accum=grad_accum,
+                             budget_seconds=budget_seconds, run_dir=run_dir)
+    costs = slowest(accelerator, RunCosts(measured.step_seconds, measured.epoch_end_seconds,
+                                          measured.final_eval_seconds, process_seconds()))
+    steps_per_epoch = math.ceil(train_batches // accelerator.num_processes / grad_accum)
+    return BudgetPlan.make(budget_seconds, recipe, steps_per_epoch, images_per_step,
+                           accelerator.num_processes, costs)
+
+
+def resumed_plan(saved: dict | None, budget_seconds: float | None, run_dir: Path) -> BudgetPlan | None:
+    """On --resume, the plan saved with the run (`saved`: its TrainState's), or None when it had none."""
+    if saved is None and budget_seconds:
+        raise UserError(f"--time-budget: the run in {run_dir} was started without one and "
+                        "its schedule is fixed; resume it without --time-budget")
+    return BudgetPlan.from_dict(saved) if saved else None
+
+
+def replan(plan: BudgetPlan, phase: int, phase_epochs_done: int, images: int, seconds: float,
+           accelerator: Accelerator) -> BudgetPlan:
+    """After an epoch of a budget run (its `phase_epochs_done`th of phase `phase`, `images` trained
+    over every process in `seconds`): the plan re-fitted to the time left at the loop's measured pace
     (the slowest process's): fewer steps when behind, more when well ahead (BudgetPlan.replanned).
-    A resumed run continues its saved plan: its process clock restarted, so it cannot tell the time left."""
-    plan, accelerator = trainer.plan, trainer.accelerator
-    if trainer.opts.resume:
-        return plan
-    steps_done = (trainer.state.epoch + 1) * plan.steps_per_epoch
-    steps = stats.images / plan.images_per_step
+    Not for a resumed run: its process clock restarted, so it cannot tell the time left."""
+    steps_done = phase_epochs_done * plan.steps_per_epoch
+    steps = images / plan.images_per_step
     if steps_done >= plan.steps[phase] or steps <= 0:
         return plan
-    values = torch.tensor([stats.seconds / steps, process_seconds()], dtype=torch.float64,
+    values = torch.tensor([seconds / steps, process_seconds()], dtype=torch.float64,
                           device=accelerator.device)
     if accelerator.num_processes > 1:
         values = accelerator.gather(values.unsqueeze(0)).amax(0)
     seconds_per_step, elapsed = values.tolist()
     return plan.replanned(phase, steps_done, seconds_per_step, plan.budget_seconds - elapsed)
-
-
-def run_plan(trainer) -> BudgetPlan | None:
-    """The plan of this run: None without --time-budget; on --resume the one saved with the run."""
-    opts, accelerator = trainer.opts, trainer.accelerator
-    if opts.resume:
-        saved = trainer.store.load_train_state().budget_plan
-        if saved is None and opts.time_budget:
-            raise UserError(f"--time-budget: the run in {trainer.run_dir} was started without one and "
-                            "its schedule is fixed; resume it without --time-budget")
-        return BudgetPlan.from_dict(saved) if saved else None
-    if not opts.time_budget:
-        return None
-    measured = measure_costs(trainer)
-    costs = slowest(accelerator, RunCosts(measured.step_seconds, measured.epoch_end_seconds,
-                                          measured.final_eval_seconds, process_seconds()))
-    steps_per_epoch = math.ceil(len(trainer.train_loader) // accelerator.num_processes / opts.grad_accum)
-    return BudgetPlan.make(opts.time_budget, trainer.recipe, steps_per_epoch, trainer.global_batch,
-                           accelerator.num_processes, costs)

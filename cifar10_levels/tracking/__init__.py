@@ -7,7 +7,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "hardware": ("hardware_name",),
     "plots": ("plot_confusion", "plot_reliability",),
     "results": ("results_text", "run_results",),
-    "run_log": ("RunLog", "write_history",),
+    "run_log": ("RunLog", "TrackerSettings", "run_config", "write_history",),
     "trackers": ("finish_trackers", "start_trackers", "tracker_names", "wandb_init_kwargs",),
     "wandb_account": ("choose_wandb_mode",),
 })

@@ -6,7 +6,9 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +21,12 @@ from ..evaluation.metrics import confusion_matrix
 from .plots import plot_confusion, plot_curves, plot_per_class
 from .trackers import finish_trackers, start_trackers, tracker_names, wandb_init_kwargs, wandb_run
 from .wandb_account import choose_wandb_mode
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ..data.cifar10 import CIFAR10
+    from ..recipes import Recipe
 
 MISCLASSIFIED_SHOWN = 32
 EPOCH_METRICS = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss",
@@ -35,23 +43,39 @@ SUMMARY_KEYS = {"test_acc": "test/acc", "test_acc_tta": "test/acc_tta", "test_lo
 CURVES_EVERY_S = 60.0
 
 
-def run_config(trainer) -> dict:
-    accelerator, opts, data = trainer.accelerator, trainer.opts, trainer.data
+@dataclass(frozen=True)
+class TrackerSettings:
+    """Where and as what a run is tracked: train.py's --run-name, --report-to, --wandb-project,
+    --wandb-entity and --log-checkpoint."""
+
+    run_name: str
+    report_to: str
+    project: str
+    entity: str | None
+    log_checkpoint: bool
+    resume: bool              # continue the W&B run whose id the run directory keeps
+
+
+def run_config(recipe: Recipe, accelerator: Accelerator, data: CIFAR10, *, global_batch: int,
+               grad_accum: int, lr_scaling: str, compile: bool, channels_last: bool,
+               train_limit: int | None, eval_limit: int | None, resumed: bool,
+               precision_probe: dict | None, time_budget: dict | None) -> dict:
+    """The configuration the trackers record when a run starts."""
     return {
-        "recipe": trainer.recipe.to_dict(),
+        "recipe": recipe.to_dict(),
         "hardware": {"device": hardware_name(accelerator), "num_processes": accelerator.num_processes,
                      "precision": accelerator.mixed_precision, "cuda": torch.version.cuda,
-                     "cpu_count": os.cpu_count(), "global_batch": trainer.global_batch,
-                     "grad_accum": opts.grad_accum, "lr_scaling": opts.lr_scaling,
-                     "compile": opts.compile, "channels_last": trainer.channels_last},
+                     "cpu_count": os.cpu_count(), "global_batch": global_batch,
+                     "grad_accum": grad_accum, "lr_scaling": lr_scaling,
+                     "compile": compile, "channels_last": channels_last},
         "versions": package_versions(),
         "git_commit": git_commit(),
         "data": {"source": data.source, "train": len(data.train), "val": len(data.val),
-                 "test": len(data.test), "train_limit": opts.train_limit,
-                 "eval_limit": opts.eval_limit},
-        "resumed": opts.resume,
-        "precision_probe": trainer.amp.measured and trainer.amp.measured.record(),
-        "time_budget": trainer.plan and trainer.plan.to_dict(),
+                 "test": len(data.test), "train_limit": train_limit,
+                 "eval_limit": eval_limit},
+        "resumed": resumed,
+        "precision_probe": precision_probe,
+        "time_budget": time_budget,
     }
 
 
@@ -63,13 +87,12 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
 
 class RunLog:
     """A training run's records. Trackers exist on the main process only (Accelerate starts them
-    there); the other processes only pass through."""
+    there); the other processes only pass through. `history` and `step` are the TrainState's."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.accelerator = trainer.accelerator
-        self.run_dir: Path = trainer.run_dir
-        recipe = trainer.recipe
+    def __init__(self, accelerator: Accelerator, run_dir: Path, config: dict, recipe: Recipe,
+                 settings: TrackerSettings):
+        self.accelerator, self.run_dir, self.config = accelerator, run_dir, config
+        self.recipe, self.settings = recipe, settings
         self.mixing_phases = frozenset(p.name for p in recipe.phases if recipe.mixes(p))
         self.curves_drawn_at, self.curves_epochs = time.monotonic(), 0
 
@@ -79,30 +102,29 @@ class RunLog:
 
     @property
     def run_name(self) -> str:
-        from ..checkpoint.run_dir import run_name
-        return run_name(self.trainer.recipe, self.trainer.opts.run_name)
+        return self.settings.run_name
 
     @property
     def title(self) -> str:
-        r = self.trainer.recipe
+        r = self.recipe
         return f"{self.run_name}: level {r.level} {r.title}, {r.arch} @ {r.img_size}px"
 
     def start(self) -> None:
-        accelerator, opts, recipe = self.accelerator, self.trainer.opts, self.trainer.recipe
+        accelerator, settings, recipe = self.accelerator, self.settings, self.recipe
         if not (self.main and accelerator.log_with):
             return
         wandb_kwargs = None
-        if "wandb" in tracker_names(opts.report_to):
+        if "wandb" in tracker_names(settings.report_to):
             mode = choose_wandb_mode()
             if mode.warning:
                 print(mode.warning, flush=True)
             id_file = self.run_dir / "wandb_run_id"
-            run_id = id_file.read_text().strip() if opts.resume and id_file.exists() else None
+            run_id = id_file.read_text().strip() if settings.resume and id_file.exists() else None
             tags = [f"level-{recipe.level}", recipe.arch,
                     "pretrained" if recipe.pretrained else "from-scratch"]
-            wandb_kwargs = wandb_init_kwargs(self.run_name, self.run_dir, mode, opts.wandb_entity,
+            wandb_kwargs = wandb_init_kwargs(self.run_name, self.run_dir, mode, settings.entity,
                                              f"level-{recipe.level}", tags, "train", run_id)
-        start_trackers(accelerator, opts.wandb_project, run_config(self.trainer), wandb_kwargs)
+        start_trackers(accelerator, settings.project, self.config, wandb_kwargs)
         run = wandb_run(accelerator)
         if run is not None:
             write_text(self.run_dir / "wandb_run_id", run.id)
@@ -120,28 +142,28 @@ class RunLog:
     def step(self, metrics: dict, step: int) -> None:
         self.accelerator.log(metrics, step=step)
 
-    def epoch(self, record: dict) -> None:
+    def epoch(self, history: list[dict], step: int) -> None:
+        """`history`: the run's epochs, the one just trained last."""
         if not self.main:
             return
-        write_history(self.run_dir, self.trainer.state.history)
+        write_history(self.run_dir, history)
+        record = history[-1]
         values = {EPOCH_METRICS[k]: v for k, v in record.items() if k in EPOCH_METRICS}
-        self.accelerator.log({"epoch": record["epoch"], "phase": record["phase"], **values},
-                             step=self.trainer.state.global_step)
+        self.accelerator.log({"epoch": record["epoch"], "phase": record["phase"], **values}, step=step)
         if time.monotonic() - self.curves_drawn_at >= CURVES_EVERY_S:
-            self.draw_curves()
+            self.draw_curves(history)
 
-    def draw_curves(self) -> None:
+    def draw_curves(self, history: list[dict]) -> None:
         """curves.png up to the last epoch, unless it is drawn already."""
-        history = self.trainer.state.history
         if len(history) > self.curves_epochs:
             plot_curves(history, self.run_dir / "curves.png", self.title, self.mixing_phases)
             self.curves_drawn_at, self.curves_epochs = time.monotonic(), len(history)
 
-    def final(self, results: dict, test, data) -> None:
+    def final(self, results: dict, test, data: CIFAR10, history: list[dict], step: int) -> None:
         """Test results: PNGs in the run dir, scalars to every tracker, tables and images to W&B."""
         if not self.main:
             return
-        self.draw_curves()
+        self.draw_curves(history)
         names = data.class_names
         labels = test.labels.numpy()
         matrix = confusion_matrix(test.preds, test.labels, len(names)).numpy()
@@ -153,7 +175,7 @@ class RunLog:
         final = results.get("final_weights") or {}
         summary.update({f"final_{kind}/{m}": final[kind][m] for kind in ("raw", "ema") if kind in final
                         for m in ("test_acc", "test_acc_tta") if final[kind][m] is not None})
-        accelerator, step = self.accelerator, self.trainer.state.global_step
+        accelerator = self.accelerator
         accelerator.log({k: v for k, v in summary.items() if k.startswith("test/")}, step=step)
         for tracker in accelerator.trackers:
             if tracker.name == "tensorboard":  # W&B gets a table and a bar chart instead
@@ -161,10 +183,11 @@ class RunLog:
                             step=step)
         run = wandb_run(accelerator)
         if run is not None:
-            self._log_wandb_results(run, results, test, data, matrix)
+            self._log_wandb_results(run, results, test, data, matrix, step)
             run.summary.update(summary)
 
-    def _log_wandb_results(self, run, results: dict, test, data, matrix: np.ndarray) -> None:
+    def _log_wandb_results(self, run, results: dict, test, data: CIFAR10, matrix: np.ndarray,
+                           step: int) -> None:
         import wandb  # slow to import, and only a run that logs to W&B needs it
 
         names = data.class_names
@@ -183,18 +206,18 @@ class RunLog:
         mistakes = misclassified_images(test, data, MISCLASSIFIED_SHOWN)
         if mistakes:
             media["test/misclassified"] = mistakes
-        run.log(media, step=self.trainer.state.global_step)
-        if self.trainer.opts.log_checkpoint:
+        run.log(media, step=step)
+        if self.settings.log_checkpoint:
             artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{self.run_name}-best"), type="model",
                                       metadata={k: results[k] for k in ("level", "arch", "test_acc",
                                                                         "best_val_acc", "best_epoch")})
             artifact.add_file(str(self.run_dir / BEST_NAME))
             run.log_artifact(artifact, aliases=["best"])
 
-    def finish(self) -> None:
+    def finish(self, history: list[dict]) -> None:
         """At the end, and when a run stops or diverges: curves.png up to the last epoch."""
         if self.main:
-            self.draw_curves()
+            self.draw_curves(history)
             finish_trackers(self.accelerator)
 
 

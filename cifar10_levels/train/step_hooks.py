@@ -1,5 +1,5 @@
 """Our extras around each training step: divergence check, progress bar, step logging, the slow-run
-warning, and stop -> save_state -> raise on SIGTERM/SIGINT."""
+warning, and raising Stopped on SIGTERM/SIGINT (the trainer then saves the state)."""
 from __future__ import annotations
 
 import signal
@@ -23,7 +23,7 @@ class Diverged(UserError):
 
 
 class Stopped(Exception):
-    """SIGTERM/SIGINT arrived: state was saved, the run can be resumed."""
+    """SIGTERM/SIGINT arrived: the run stops after this step; once its state is saved, it can be resumed."""
 
 
 class StopFlag:
@@ -50,7 +50,7 @@ class StopFlag:
 
 
 class StepHooks:
-    """Called by train_one_epoch: `start_epoch`, `after_step` each batch, `end_epoch`.
+    """One phase's hooks, called by train_one_epoch: `start_epoch`, `after_step` each batch, `end_epoch`.
 
     `check_every_step`: without fp16's scaler the loop syncs every step anyway (to skip non-finite
     losses together), so the divergence check costs nothing there; with it, every STOP_CHECK_EVERY.
@@ -58,11 +58,11 @@ class StepHooks:
 
     def __init__(self, accelerator, state: TrainState, phase_name: str, *, max_nonfinite: int,
                  best_checkpoint: Path, check_every_step: bool, stop: StopFlag,
-                 save_state: Callable[[], None], log_step: Callable[[dict, int], None],
-                 warn_if_slow: Callable[[float], None], progress: bool):
+                 log_step: Callable[[dict, int], None], warn_if_slow: Callable[[float], None],
+                 progress: bool):
         self.accelerator, self.state, self.phase_name = accelerator, state, phase_name
         self.max_nonfinite, self.best_checkpoint = max_nonfinite, best_checkpoint
-        self.check_every_step, self.stop, self.save_state = check_every_step, stop, save_state
+        self.check_every_step, self.stop = check_every_step, stop
         self.log_step, self.warn_if_slow, self.progress = log_step, warn_if_slow, progress
         self.streak = torch.zeros(())   # non-finite losses in a row, kept on the device
         self.steps = 0
@@ -78,7 +78,7 @@ class StepHooks:
                                 batches_left + done, done, f"{self.phase_name} ep {self.state.epoch + 1}")
 
     def after_step(self, loss: torch.Tensor, lr: float, images_seen: int) -> None:
-        """`images_seen`: by this process in this epoch."""
+        """`images_seen`: by this process in this epoch. Raises Diverged, or Stopped on SIGTERM/SIGINT."""
         state = self.state
         self.streak = (self.streak + 1) * torch.isfinite(loss.detach()).logical_not()
         self.steps += 1
@@ -96,7 +96,6 @@ class StepHooks:
         if self.steps == SLOW_CHECK_STEP:
             self.warn_if_slow((time.perf_counter() - self.started) / SLOW_CHECK_STEP)
         if state.global_step % STOP_CHECK_EVERY == 0 and self.stop.requested():
-            self.save_state()
             raise Stopped
 
     def end_epoch(self, loss: torch.Tensor) -> None:

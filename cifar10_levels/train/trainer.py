@@ -8,72 +8,121 @@ import torch
 from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
+from ..checkpoint.run_dir import STATE_DIR, run_dir, run_name
+from ..checkpoint.run_store import RunStore, checkpoint_meta
+from ..checkpoint.train_state import TrainState
 from ..data.augment import Normalizer, TrainAugment
-from ..tracking.console import SlowRunWarning, epoch_line, format_duration
 from ..data.cifar10 import load_cifar10
-from .ema import final_weights, make_ema
 from ..errors import UserError
-from ..evaluation.evaluate import evaluate
-from ..files import write_json
-from ..tracking.hardware import hardware_name
+from ..evaluation.evaluate import EvalResult, evaluate
 from ..evaluation.metrics import reliability_bins
-from .loop import EpochStats, train_one_epoch
+from ..files import write_json
 from ..models.factory import count_parameters, create_model, set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
-from .options import RunOptions
-from ..checkpoint.run_store import RunStore, checkpoint_meta
-from ..tracking.plots import plot_reliability
 from ..recipes import Phase, Recipe
+from ..runtime.time_budget import TrainingLength
+from ..runtime.time_budget_probe import ProbeParts, process_seconds, replan, resumed_plan, run_plan
+from ..tracking.console import SlowRunWarning, epoch_line, format_duration
+from ..tracking.hardware import hardware_name
+from ..tracking.plots import plot_reliability
 from ..tracking.results import results_text, run_results
+from ..tracking.run_log import RunLog, TrackerSettings, run_config, write_history
+from .ema import final_weights, make_ema
+from .loop import EpochStats, train_one_epoch
+from .options import RunOptions
 from .setup import check_batch_fits, make_accelerator, make_loaders, make_losses, ready_model, \
     uses_channels_last
-from ..checkpoint.run_dir import STATE_DIR, run_dir
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
-from ..runtime.time_budget import TrainingLength
-from ..runtime.time_budget_probe import process_seconds, replan, run_plan
-from ..tracking.run_log import RunLog, write_history
-from ..checkpoint.train_state import TrainState
 
 
 class Trainer:
+    """A run set up in `__init__`'s named steps, in an order the seeds depend on; trained by `fit`."""
+
     def __init__(self, recipe: Recipe, opts: RunOptions):
         self.recipe, self.opts = recipe, opts
-        self.run_dir = run_dir(opts.output_dir, recipe, opts.run_name)
-        self.accelerator, self.amp = make_accelerator(recipe, opts, self.run_dir)
-        accelerator = self.accelerator
-        self.store = RunStore(accelerator, self.run_dir, opts.overwrite)
-        if opts.resume:
+        self._setup_accelerator()
+        self._setup_data()
+        self._setup_model()
+        self._setup_augmentation()
+        self._setup_loaders()
+        self._setup_state()
+        self._setup_budget()
+        self._setup_logging()
+        self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None  # per phase
+
+    def _setup_accelerator(self) -> None:
+        """The run directory, the Accelerator and its precision, the store of checkpoints and state."""
+        self.run_dir = run_dir(self.opts.output_dir, self.recipe, self.opts.run_name)
+        self.accelerator, self.amp = make_accelerator(self.recipe, self.opts, self.run_dir)
+        self.store = RunStore(self.accelerator, self.run_dir, self.opts.overwrite)
+        if self.opts.resume:
             self.store.check_resumable()
 
-        self.data = load_cifar10(opts.dataset, opts.train_limit, opts.eval_limit)
-        self.global_batch = recipe.batch_size * accelerator.num_processes * opts.grad_accum
-        check_batch_fits(recipe, self.data, accelerator.num_processes)
+    def _setup_data(self) -> None:
+        self.data = load_cifar10(self.opts.dataset, self.opts.train_limit, self.opts.eval_limit)
+        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * self.opts.grad_accum
+        check_batch_fits(self.recipe, self.data, self.accelerator.num_processes)
 
+    def _setup_model(self) -> None:
+        recipe, device = self.recipe, self.accelerator.device
         set_seed(recipe.seed)  # the same initial weights on every process and world size
         model = create_model(recipe.arch, len(self.data.class_names), recipe.pretrained,
-                             opts.pretrained_file)
-        self.channels_last = uses_channels_last(recipe, opts, accelerator.device)
+                             self.opts.pretrained_file)
+        self.channels_last = uses_channels_last(recipe, self.opts, device)
         self.model = self.base_model = ready_model(model, self.data, self.channels_last)
         self.num_params = count_parameters(self.base_model)
-        self.ema = make_ema(accelerator, self.base_model, recipe.ema_decay)
-        set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
+        self.ema = make_ema(self.accelerator, self.base_model, recipe.ema_decay)
 
+    def _setup_augmentation(self) -> None:
+        """Normalisation, the training augmentation and the losses, after the per-process seed."""
+        recipe = self.recipe
+        set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
         self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last,
                                     recipe.tta_scheme)
         self.augment = TrainAugment(recipe.augment, self.normalize, recipe.label_smoothing,
-                                    len(self.data.class_names), accelerator.device, recipe.seed)
+                                    len(self.data.class_names), self.accelerator.device, recipe.seed)
         self.hard_loss, self.soft_loss = make_losses(recipe)
-        loaders = make_loaders(self.data, recipe)
+
+    def _setup_loaders(self) -> None:
+        loaders = make_loaders(self.data, self.recipe)
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
-        self.state = TrainState()
-        self.stop = StopFlag(accelerator)
-        self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None
-        self.plan = run_plan(self)  # --time-budget: the steps that fit, or on --resume the saved plan
-        self.state.budget_plan = self.plan and self.plan.to_dict()
-        self.length = TrainingLength(recipe, len(self.train_loader), opts.grad_accum, self.plan)
+
+    def _setup_state(self) -> None:
+        """Where the run is (on --resume: where it was saved), and the flag SIGTERM/SIGINT raise."""
+        self.state = self.store.load_train_state() if self.opts.resume else TrainState()
+        self.stop = StopFlag(self.accelerator)
+
+    def _setup_budget(self) -> None:
+        """--time-budget: the steps that fit, measured now, or on --resume the plan saved with the run;
+        and how long each phase trains."""
+        opts = self.opts
+        if opts.resume:
+            self.plan = resumed_plan(self.state.budget_plan, opts.time_budget, self.run_dir)
+        elif opts.time_budget:
+            parts = ProbeParts(self.base_model, self.data, self.augment, self.normalize, self.hard_loss,
+                               self.amp.name, self.val_loader.batch_size)
+            self.plan = run_plan(parts, self.recipe, self.accelerator, budget_seconds=opts.time_budget,
+                                 grad_accum=opts.grad_accum, train_batches=len(self.train_loader),
+                                 images_per_step=self.global_batch, run_dir=self.run_dir)
+            self.state.budget_plan = self.plan.to_dict()
+        else:
+            self.plan = None
+        self.length = TrainingLength(self.recipe, len(self.train_loader), opts.grad_accum, self.plan)
+
+    def _setup_logging(self) -> None:
+        """The slow-run warning and the run log with the configuration its trackers record."""
+        recipe, opts, accelerator = self.recipe, self.opts, self.accelerator
         total_steps = self.length.total_epochs * len(self.train_loader) // accelerator.num_processes
         self.warn_if_slow = SlowRunWarning(total_steps, self.device_name(), self.print)
-        self.log = RunLog(self)
+        config = run_config(recipe, accelerator, self.data, global_batch=self.global_batch,
+                            grad_accum=opts.grad_accum, lr_scaling=opts.lr_scaling, compile=opts.compile,
+                            channels_last=self.channels_last, train_limit=opts.train_limit,
+                            eval_limit=opts.eval_limit, resumed=opts.resume,
+                            precision_probe=self.amp.measured and self.amp.measured.record(),
+                            time_budget=self.plan and self.plan.to_dict())
+        settings = TrackerSettings(run_name(recipe, opts.run_name), opts.report_to, opts.wandb_project,
+                                   opts.wandb_entity, opts.log_checkpoint, opts.resume)
+        self.log = RunLog(accelerator, self.run_dir, config, recipe, settings)
 
     def print(self, *args) -> None:
         if self.accelerator.is_main_process:  # accelerator.print prints once per machine
@@ -92,7 +141,51 @@ class Trainer:
         self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
-        accelerator, recipe = self.accelerator, self.recipe
+        self.print_setup()
+        self.store.prepare_output_dir()
+        resuming = self.opts.resume
+        if resuming:
+            self.rewind_to_saved_state()
+        self.log.start()
+        state = self.state
+        started = time.perf_counter() - state.train_seconds
+        with self.stop:
+            try:
+                for index, phase in enumerate(self.recipe.phases):
+                    if self.length.epochs(index) == 0 or index < state.phase:
+                        continue
+                    if index > state.phase:
+                        state.phase, state.epoch, state.step = index, 0, 0
+                    self.prepare_phase(index, phase)
+                    if resuming:  # the phase's optimizer and schedule exist now: load their state
+                        self.accelerator.load_state(str(self.store.state_dir))
+                        resuming = False
+                    hooks = self.step_hooks(phase)
+                    while state.epoch < self.length.epochs(index):
+                        stats = self.train_epoch(phase, self.start_epoch(index, phase), hooks)
+                        val, val_ema = self.validate()
+                        state.train_seconds = time.perf_counter() - started
+                        state.epochs_done += 1
+                        improved = self.save_checkpoints(val, val_ema)
+                        if self.plan is not None and not self.opts.resume:
+                            self.follow_pace(index, stats)
+                        self.log_epoch(phase, stats, val, val_ema, improved)
+                        state.epoch += 1
+                        state.step = 0
+                        self.save_state()
+            except Stopped:
+                self.save_state()
+                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; "
+                           "continue with the same command and --resume")
+                self.log.finish(state.history)
+                raise
+            except Diverged:
+                self.log.finish(state.history)
+                raise
+        return self.finish(time.perf_counter() - started)
+
+    def print_setup(self) -> None:
+        recipe, accelerator = self.recipe, self.accelerator
         self.print(f"recipe: {json.dumps(recipe.to_dict())}")
         self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
@@ -102,37 +195,14 @@ class Trainer:
                 self.print(planned.line())
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
-        self.store.prepare_output_dir()
-        resuming = self.opts.resume
-        if resuming:
-            self.state = self.store.load_train_state()
-            if accelerator.is_main_process:  # drop epochs logged after the state was saved
-                write_history(self.run_dir, self.state.history)
-            self.print(f"resuming from {self.store.state_dir}: phase {self.state.phase + 1}, epoch "
-                       f"{self.state.epoch + 1}, step {self.state.step}")
-        self.log.start()
-        started = time.perf_counter() - self.state.train_seconds
-        with self.stop:
-            try:
-                for index, phase in enumerate(recipe.phases):
-                    if self.length.epochs(index) == 0 or index < self.state.phase:
-                        continue
-                    if index > self.state.phase:
-                        self.state.phase, self.state.epoch, self.state.step = index, 0, 0
-                    self.prepare_phase(index, phase)
-                    if resuming:
-                        accelerator.load_state(str(self.store.state_dir))
-                        resuming = False
-                    self.run_phase(index, phase, started)
-            except Stopped:
-                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; "
-                           "continue with the same command and --resume")
-                self.log.finish()
-                raise
-            except Diverged:
-                self.log.finish()
-                raise
-        return self.finish(time.perf_counter() - started)
+
+    def rewind_to_saved_state(self) -> None:
+        """history.jsonl back to the saved state (epochs logged after it dropped), and where it goes on."""
+        state = self.state
+        if self.accelerator.is_main_process:
+            write_history(self.run_dir, state.history)
+        self.print(f"resuming from {self.store.state_dir}: phase {state.phase + 1}, epoch "
+                   f"{state.epoch + 1}, step {state.step}")
 
     def prepare_phase(self, index: int, phase: Phase) -> None:
         set_backbone_trainable(self.base_model, phase.train_backbone)
@@ -145,61 +215,56 @@ class Trainer:
         self.model, self.optimizer, self.scheduler, self.prepared_train, self.prepared_val = \
             self.accelerator.prepare(model, optimizer, scheduler, self.train_loader, self.val_loader)
 
-    def train_epoch(self, phase: Phase, loader) -> EpochStats:
+    def step_hooks(self, phase: Phase) -> StepHooks:
+        return StepHooks(self.accelerator, self.state, phase.name, max_nonfinite=self.opts.max_nonfinite,
+                         best_checkpoint=self.store.best_checkpoint,
+                         check_every_step=self.amp.scaler is None, stop=self.stop,
+                         log_step=self.log.step, warn_if_slow=self.warn_if_slow,
+                         progress=self.opts.progress)
+
+    def start_epoch(self, index: int, phase: Phase):
+        """Train mode, this epoch's shuffle and augmentation, and the prepared train loader less the
+        batches already done (resuming mid-epoch) and cut where a --time-budget plan ends it."""
+        state = self.state
+        set_train_mode(self.model, phase.train_backbone)
+        self.prepared_train.set_epoch(state.epochs_done)
+        self.augment.set_epoch(state.epochs_done)
+        loader = self.prepared_train
+        if state.step:  # the same order, less the batches already done
+            loader = skip_first_batches(loader, state.step)
+        return self.length.limit(loader, index, state.epoch, state.step)
+
+    def train_epoch(self, phase: Phase, loader, hooks: StepHooks) -> EpochStats:
         """One epoch of `phase` over `loader` (the prepared train loader, less the batches done)."""
-        hooks = StepHooks(self.accelerator, self.state, phase.name, max_nonfinite=self.opts.max_nonfinite,
-                          best_checkpoint=self.store.best_checkpoint,
-                          check_every_step=self.amp.scaler is None, stop=self.stop,
-                          save_state=self.save_state, log_step=self.log.step,
-                          warn_if_slow=self.warn_if_slow, progress=self.opts.progress)
         mix = self.recipe.mixes(phase)
         return train_one_epoch(self.accelerator, self.model, self.optimizer, self.scheduler, loader,
                                self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
                                hooks, self.recipe.clip_grad, self.ema)
 
-    def run_phase(self, index: int, phase: Phase, started: float) -> None:
+    def validate(self) -> tuple[EvalResult, EvalResult | None]:
+        """The raw weights and (with --ema) their EMA on the validation set."""
+        val = evaluate(self.accelerator, self.model, self.prepared_val, self.normalize,
+                       autocast=self.amp.autocast)
+        val_ema = self.ema.evaluate(self.accelerator, self.prepared_val, self.normalize, self.amp) \
+            if self.ema else None
+        return val, val_ema
+
+    def save_checkpoints(self, val: EvalResult, val_ema: EvalResult | None) -> bool:
+        """best (when the raw weights or their EMA beat the best so far) and last; whether it improved."""
         state = self.state
-        while state.epoch < self.length.epochs(index):
-            set_train_mode(self.model, phase.train_backbone)
-            self.prepared_train.set_epoch(state.epochs_done)
-            self.augment.set_epoch(state.epochs_done)
-            loader = self.prepared_train
-            if state.step:  # resuming mid-epoch: the same order, less the batches already done
-                loader = skip_first_batches(loader, state.step)
-            loader = self.length.limit(loader, index, state.epoch, state.step)
-            stats = self.train_epoch(phase, loader)
-            val = evaluate(self.accelerator, self.model, self.prepared_val, self.normalize,
-                           autocast=self.amp.autocast)
-            val_ema = self.ema.evaluate(self.accelerator, self.prepared_val, self.normalize, self.amp) \
-                if self.ema else None
-            state.train_seconds = time.perf_counter() - started
-            state.epochs_done += 1
-            weights, acc = ("ema", val_ema.acc) if val_ema and val_ema.acc > val.acc else ("raw", val.acc)
-            improved = acc > state.best_val_acc
-            if improved:
-                state.best_val_acc, state.best_epoch, state.best_weights = acc, state.epochs_done, weights
-                self.save_checkpoint("best", state.epochs_done, acc, weights=weights,
-                                     model=self.ema.module if weights == "ema" else None)
-            self.save_checkpoint("last", state.epochs_done, val.acc)
-            if self.plan is not None:
-                self.follow_pace(index, stats)
-            eta = state.train_seconds / state.epochs_done * max(self.length.planned_epochs - state.epochs_done, 0)
-            record = {"epoch": state.epochs_done, "phase": phase.name, "train_loss": stats.loss,
-                      "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
-                      **({"val_loss_ema": val_ema.loss, "val_acc_ema": val_ema.acc} if val_ema else {}),
-                      "lr": self.scheduler.get_last_lr()[0],
-                      "images_per_s": stats.images / max(stats.seconds, 1e-9),
-                      "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
-            state.history.append(record)
-            self.print(epoch_line(record, self.length.total_epochs, self.recipe.mixes(phase), improved, eta))
-            self.log.epoch(record)
-            state.epoch += 1
-            state.step = 0
-            self.save_state()
+        weights, acc = ("ema", val_ema.acc) if val_ema and val_ema.acc > val.acc else ("raw", val.acc)
+        improved = acc > state.best_val_acc
+        if improved:
+            state.best_val_acc, state.best_epoch, state.best_weights = acc, state.epochs_done, weights
+            self.save_checkpoint("best", state.epochs_done, acc, weights=weights,
+                                 model=self.ema.module if weights == "ema" else None)
+        self.save_checkpoint("last", state.epochs_done, val.acc)
+        return improved
 
     def follow_pace(self, index: int, stats: EpochStats) -> None:
-        """--time-budget: re-fit the steps left to the time left; the schedule ends with them."""
-        plan = replan(self, index, stats)
+        """--time-budget: re-fit the steps left to the time left; the schedule ends with them. (Not on
+        --resume: the new process's clock cannot tell the time left, so it keeps the saved plan.)"""
+        plan = replan(self.plan, index, self.state.epoch + 1, stats.images, stats.seconds, self.accelerator)
         if plan is not self.plan:
             pace = "slower" if plan.steps[index] < self.plan.steps[index] else "faster"
             self.plan = self.length.plan = plan
@@ -207,6 +272,22 @@ class Trainer:
             self.print(f"time budget: {pace} than planned; now {plan.epochs(index):.2f} epochs of this "
                        f"phase ({plan.steps[index]} steps), planned end at "
                        f"{format_duration(plan.planned_seconds)}")
+
+    def log_epoch(self, phase: Phase, stats: EpochStats, val: EvalResult, val_ema: EvalResult | None,
+                  improved: bool) -> None:
+        """The epoch's record in the history, its line on the console and its point in the trackers."""
+        state = self.state
+        epochs_left = max(self.length.planned_epochs - state.epochs_done, 0)
+        eta = state.train_seconds / state.epochs_done * epochs_left
+        record = {"epoch": state.epochs_done, "phase": phase.name, "train_loss": stats.loss,
+                  "train_acc": stats.acc, "val_loss": val.loss, "val_acc": val.acc,
+                  **({"val_loss_ema": val_ema.loss, "val_acc_ema": val_ema.acc} if val_ema else {}),
+                  "lr": self.scheduler.get_last_lr()[0],
+                  "images_per_s": stats.images / max(stats.seconds, 1e-9),
+                  "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
+        state.history.append(record)
+        self.print(epoch_line(record, self.length.total_epochs, self.recipe.mixes(phase), improved, eta))
+        self.log.epoch(state.history, state.global_step)
 
     def finish(self, seconds: float) -> dict:
         """The best weights on the test set (plain and TTA in one pass): results.json, the table, logs."""
@@ -235,7 +316,7 @@ class Trainer:
                              f"{recipe.arch}: test, plain")
             write_json(self.run_dir / "results.json", results)
         self.print(results_text(results, self.run_dir / "results.json"))
-        self.log.final(results, test, self.data)
-        self.log.finish()
+        self.log.final(results, test, self.data, state.history, state.global_step)
+        self.log.finish(state.history)
         accelerator.wait_for_everyone()
         return results
