@@ -48,7 +48,7 @@ class Trainer:
         self._setup_state()
         self._setup_budget()
         self._setup_logging()
-        self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None  # per phase
+        self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None  # prepare_phase's
 
     def _setup_accelerator(self) -> None:
         """The run directory, the Accelerator and its precision, the store of checkpoints and state."""
@@ -141,6 +141,7 @@ class Trainer:
         self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
+        """Every phase's epochs (from where the saved state left off on --resume), then the test set."""
         self.print_setup()
         self.store.prepare_output_dir()
         resuming = self.opts.resume
