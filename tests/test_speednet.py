@@ -172,7 +172,7 @@ def test_airbench_options_reach_the_recipe_from_flags():
     assert (recipe.augment.crop_fill, recipe.augment.flip_alternate, recipe.whiten_bias_fraction,
             recipe.tta_scheme) == ("reflect", True, 0.375, "shift2")
     assert recipe_from_args(train_parser().parse_args(["--level", "fast"])) == get_recipe("fast")
-    from cifar10_levels.data.augment import TTA_SCHEMES
+    from cifar10_levels.evaluation.tta import TTA_SCHEMES
     flag = next(a for a in train_parser()._actions if "--tta-scheme" in a.option_strings)
     assert set(flag.choices) == set(TTA_SCHEMES)
     for bad in ("0", "1.5", "nan"):

@@ -35,6 +35,11 @@ class CheckpointMeta:
     recipe: dict = field(default_factory=dict)
     weights: str = "raw"          # raw: the trained weights; ema: their moving average (recipe's ema_decay)
 
+    @property
+    def tta_scheme(self) -> str:
+        """The test-time views it was trained with (checkpoints from before the schemes: shift2)."""
+        return self.recipe.get("tta_scheme", "shift2")
+
     def to_header(self) -> dict[str, str]:
         return {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}
 

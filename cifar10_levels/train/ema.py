@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.augment import Normalizer
+from ..data.normalize import Normalizer
 from ..evaluation.evaluate import EvalResult, evaluate
 from ..runtime.precision import Amp
 

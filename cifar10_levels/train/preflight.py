@@ -25,7 +25,7 @@ def preflight(recipe: Recipe, opts: RunOptions) -> None:
 
 
 def recipe_problems(recipe: Recipe) -> list[str | None]:
-    from ..data.augment import TTA_SCHEMES
+    from ..evaluation.tta import check_tta
     from ..models.factory import check_arch
 
     problems = []
@@ -35,9 +35,10 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
         problems.append(str(err))
     if not MIN_IMG_SIZE <= recipe.img_size <= MAX_IMG_SIZE:
         problems.append(f"--img-size {recipe.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
-    views = len(TTA_SCHEMES[recipe.tta_scheme].views)
-    if recipe.tta > views:
-        problems.append(f"--tta {recipe.tta}: choose 0 to {views} views")
+    try:
+        check_tta(recipe.tta, recipe.tta_scheme)
+    except UserError as err:
+        problems.append(str(err))
     if not problems:
         problems.append(img_size_problem(recipe))
     return problems
