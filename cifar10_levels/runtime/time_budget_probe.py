@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..models.factory import set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer
 from . import step_timing
-from .step_timing import autocast_for, evaluation_step, step_cost, synchronizer, training_step, \
+from .step_timing import evaluation_step, step_cost, synchronizer, training_step, \
     untouched_rng
 from .time_budget import BudgetPlan, RunCosts
 
@@ -42,7 +42,7 @@ def measure_costs(trainer) -> RunCosts:
     on a copy of the run's model with its own data, augmentation, precision and memory layout."""
     recipe, device, data = trainer.recipe, trainer.accelerator.device, trainer.data
     processes, grad_accum = trainer.accelerator.num_processes, trainer.opts.grad_accum
-    autocast = (lambda: autocast_for(device, trainer.amp.name))
+    autocast = trainer.amp.unprepared_autocast
     sync = synchronizer(device)
     seconds = max(step_timing.PROBE_SECONDS, PROBE_SHARE * trainer.opts.time_budget)
     with untouched_rng(device):
