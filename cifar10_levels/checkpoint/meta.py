@@ -13,6 +13,7 @@ from ..recipes import MAX_IMG_SIZE, MIN_IMG_SIZE
 
 FORMAT = "cifar10-levels/1"
 BEST_NAME = "best.safetensors"      # each run's best epoch, what ensemble.py looks for
+LAST_NAME = "last.safetensors"      # each run's latest epoch
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # real headers here are a few hundred KB
 MAX_CLASSES = 1000
 WEIGHTS = ("raw", "ema")

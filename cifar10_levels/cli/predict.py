@@ -169,7 +169,8 @@ def split_weights_and_images(weights: list[str], images: list[str]) -> tuple[lis
     """`--weights A B img1 img2`: argparse gives --weights all four; the images start at the
     first path that is not a checkpoint, a run directory or an export."""
     from ..models.factory import PICKLE_SUFFIXES
-    from ..checkpoint.weights import BEST_NAME, is_export_dir
+    from ..checkpoint.meta import BEST_NAME
+    from ..checkpoint.weights import is_export_dir
 
     def is_weights(text: str) -> bool:
         path = Path(text)

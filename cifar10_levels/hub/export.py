@@ -20,7 +20,8 @@ from pathlib import Path
 from ..cli.arguments import Parser
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..files import UMASK
-from ..checkpoint.weights import BEST_NAME, EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
+from ..checkpoint.meta import BEST_NAME
+from ..checkpoint.weights import EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
 
 HUB_EXPORT_DIR = "hub_export"           # inside a run directory, for train.py --push-to-hub
 PICTURES = ("confusion.png", "reliability.png")
@@ -74,7 +75,7 @@ def check_push_ready(repo_id: str, flag: str = "--push-to-hub") -> str:
 
 
 # ---- the export ------------------------------------------------------------------------------
-def run_results(checkpoint: Path, test_acc: float | None) -> dict | None:
+def read_run_results(checkpoint: Path, test_acc: float | None) -> dict | None:
     """results.json beside the checkpoint, only if it describes these weights (best.safetensors
     carries the test accuracy that results.json reports)."""
     path = checkpoint.parent / "results.json"
@@ -100,7 +101,7 @@ def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
 
     check_writable_dir(out_dir, "OUT_DIR")
     model, meta = load_checkpoint(checkpoint, "CKPT")
-    results = run_results(checkpoint, meta.test_acc)
+    results = read_run_results(checkpoint, meta.test_acc)
     wandb_url = wandb_url or (results or {}).get("wandb_url")
     pictures = [checkpoint.parent / p for p in PICTURES
                 if results is not None and (checkpoint.parent / p).is_file()]

@@ -6,7 +6,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "environment": ("git_commit", "package_versions",),
     "hardware": ("hardware_name",),
     "plots": ("plot_confusion", "plot_reliability",),
-    "results": ("results_text", "run_results",),
+    "results": ("make_results", "results_text",),
     "run_log": ("RunLog", "write_history",),
     "trackers": ("finish_trackers", "start_trackers", "tracker_names", "wandb_init_kwargs",),
     "wandb_account": ("choose_wandb_mode",),

@@ -21,10 +21,10 @@ from .loop import EpochStats, train_one_epoch
 from ..models.factory import count_parameters, create_model, set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
 from .options import RunOptions
-from ..checkpoint.run_store import RunStore, checkpoint_meta
+from ..checkpoint.run_store import RunStore, make_checkpoint_meta
 from ..tracking.plots import plot_reliability
 from ..recipes import Phase, Recipe
-from ..tracking.results import results_text, run_results
+from ..tracking.results import make_results, results_text
 from .setup import check_batch_fits, make_accelerator, make_loaders, make_losses, ready_model, \
     uses_channels_last
 from ..checkpoint.run_dir import STATE_DIR, run_dir
@@ -88,7 +88,7 @@ class Trainer:
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
         """`model` holds the `weights` named in the metadata (default: the model being trained)."""
-        meta = checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights)
+        meta = make_checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights)
         self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
@@ -220,10 +220,10 @@ class Trainer:
         views = evaluate(accelerator, self.model, test_loader, self.normalize, max(recipe.tta, 1),
                          autocast=self.amp.autocast)
         test, tta = views.plain(), (views if recipe.tta > 1 else None)
-        results = run_results(recipe, self.data, state, test, tta, seconds=seconds,
-                              num_params=self.num_params, hardware=self.device_name(),
-                              precision=self.amp.name, num_processes=accelerator.num_processes,
-                              global_batch=self.global_batch)
+        results = make_results(recipe, self.data, state, test, tta, seconds=seconds,
+                               num_params=self.num_params, hardware=self.device_name(),
+                               precision=self.amp.name, num_processes=accelerator.num_processes,
+                               global_batch=self.global_batch)
         results["wandb_url"] = self.log.wandb_url
         if final:
             results["final_weights"] = final
