@@ -18,9 +18,9 @@ from .io import CheckpointMeta, read_meta, save_checkpoint
 from .meta import BEST_NAME
 from ..errors import UserError
 from ..files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
-from ..models.factory import clean_state_dict, load_full_state_dict
 from ..recipes import Recipe
 from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, replace_dir
+from .state_dict import clean_state_dict, load_full_state_dict
 from .train_state import TrainState
 
 

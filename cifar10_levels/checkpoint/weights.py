@@ -24,7 +24,7 @@ def is_export_dir(path: Path) -> bool:
 
 def resolve_weights(text: str | Path, flag: str = "--weights") -> Path:
     """A checkpoint file, a Hub export directory, or a run directory (its best checkpoint)."""
-    from ..models.factory import refuse_pickle
+    from .file_checks import refuse_pickle
 
     path = Path(text)
     if path.is_file():

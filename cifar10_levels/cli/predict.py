@@ -168,7 +168,7 @@ def check_output(path: str | None) -> Path | None:
 def split_weights_and_images(weights: list[str], images: list[str]) -> tuple[list[str], list[str]]:
     """`--weights A B img1 img2`: argparse gives --weights all four; the images start at the
     first path that is not a checkpoint, a run directory or an export."""
-    from ..models.factory import PICKLE_SUFFIXES
+    from ..checkpoint.file_checks import PICKLE_SUFFIXES
     from ..checkpoint.meta import BEST_NAME
     from ..checkpoint.weights import is_export_dir
 

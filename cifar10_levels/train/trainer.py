@@ -21,6 +21,7 @@ from .loop import EpochStats, train_one_epoch
 from ..models.factory import count_parameters, create_model, set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
 from .options import RunOptions
+from ..checkpoint.file_checks import check_pretrained_file
 from ..checkpoint.run_store import RunStore, make_checkpoint_meta
 from ..tracking.plots import plot_reliability
 from ..recipes import Phase, Recipe
@@ -50,6 +51,8 @@ class Trainer:
         check_batch_fits(recipe, self.data, accelerator.num_processes)
 
         set_seed(recipe.seed)  # the same initial weights on every process and world size
+        if opts.pretrained_file:  # before timm reads it: no pickle, and one of ours must fit the run
+            check_pretrained_file(opts.pretrained_file, recipe.arch, len(self.data.class_names))
         model = create_model(recipe.arch, len(self.data.class_names), recipe.pretrained,
                              opts.pretrained_file)
         self.channels_last = uses_channels_last(recipe, opts, accelerator.device)
