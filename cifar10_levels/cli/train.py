@@ -72,8 +72,9 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay, >= 0")
     r.add_argument("--label-smoothing", type=float, metavar="S", help="0 to below 1")
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
-    r.add_argument("--tta-scheme", choices=("shift2", "shift1"), help="which views (augment.TTA_SCHEMES): "
-                   "2-px zero-fill shifts, equal weights; or airbench's 1-px reflect shifts, weighted")
+    r.add_argument("--tta-scheme", choices=("shift2", "shift1"), help="which views "
+                   "(evaluation.tta.TTA_SCHEMES): 2-px zero-fill shifts, equal weights; or airbench's "
+                   "1-px reflect shifts, weighted")
     r.add_argument("--seed", type=non_negative_int, help="initial weights and augmentation (the "
                    "validation split is fixed)")
     r.add_argument("--warmup-epochs", type=float, metavar="E", help="linear learning-rate warmup over "

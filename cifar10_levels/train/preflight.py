@@ -34,10 +34,11 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
         check_arch(recipe.arch, "--arch")
     except UserError as err:
         problems.append(str(err))
-    if recipe.optimizer == "fast" and recipe.arch not in MUON_ARCHS:
-        problems.append(f"--arch {recipe.arch}: --level {recipe.level}'s optimizer (Muon with SGD) "
-                        f"knows the parts of {', '.join(MUON_ARCHS)} only; pass --arch "
-                        f"{MUON_ARCHS[0]}, or another --level")
+    else:
+        if recipe.optimizer == "fast" and recipe.arch not in MUON_ARCHS:
+            problems.append(f"--arch {recipe.arch}: --level {recipe.level}'s optimizer (Muon with SGD) "
+                            f"knows the parts of {', '.join(MUON_ARCHS)} only; pass --arch "
+                            f"{MUON_ARCHS[0]}, or another --level")
     if not MIN_IMG_SIZE <= recipe.img_size <= MAX_IMG_SIZE:
         problems.append(f"--img-size {recipe.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
     try:
