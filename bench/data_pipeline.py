@@ -20,7 +20,8 @@ import torch
 
 from measure import CpuClock, Spread, environment_header, interleave, ratio
 
-from cifar10_levels.data.augment import Normalizer, TrainAugment
+from cifar10_levels.data.augment import TrainAugment
+from cifar10_levels.data.normalize import Normalizer
 from cifar10_levels.data.cifar10 import NUM_CLASSES, ImageSet, load_cifar10, make_loader
 from cifar10_levels.recipes import LEVELS, Recipe, get_recipe
 

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar10_levels.data.augment import Normalizer  # noqa: E402
+from cifar10_levels.data.normalize import Normalizer  # noqa: E402
 from cifar10_levels.checkpoint.io import CheckpointMeta  # noqa: E402
 from cifar10_levels.data.cifar10 import ImageSet  # noqa: E402
 from cifar10_levels.cli.ensemble import format_report  # noqa: E402

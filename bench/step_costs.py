@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from measure import Spread, environment_header, interleave
 
-from cifar10_levels.data.augment import (Normalizer, TrainAugment, color_jitter_standardize_, random_crop_flip,
-                                    resize_bilinear)
+from cifar10_levels.data.augment import TrainAugment, color_jitter_standardize_, random_crop_flip
+from cifar10_levels.data.normalize import Normalizer, resize_bilinear
 from cifar10_levels.data.randaugment import randaugment
 from cifar10_levels.recipes import LEVELS
 

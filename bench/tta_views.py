@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", metavar="DIR", help="local CIFAR-10 in the uoft-cs/cifar10 layout")
     p.add_argument("--batch-size", type=int, default=500)
     args = p.parse_args(argv)
-    from cifar10_levels.data.augment import Normalizer
+    from cifar10_levels.data.normalize import Normalizer
     from cifar10_levels.data.cifar10 import load_cifar10
     from cifar10_levels.checkpoint.weights import load_weights, resolve_weights
 

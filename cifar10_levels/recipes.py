@@ -48,7 +48,7 @@ class Recipe:
     augment: Augment = field(default_factory=Augment)
     label_smoothing: float = 0.0
     tta: int = 0                   # test-time augmentation views (0/1 = plain only)
-    tta_scheme: str = "shift2"     # which views, in augment.TTA_SCHEMES
+    tta_scheme: str = "shift2"     # which views, in evaluation.tta.TTA_SCHEMES
     batch_size: int = 128          # per device
     weight_decay: float = 0.01
     optimizer: str = "adamw"       # adamw | fast (Muon for conv filters + Nesterov SGD)

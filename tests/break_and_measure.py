@@ -32,7 +32,10 @@ elif variant == "mix_lam_swapped":
     orig_t = M.mixup_target
     M.mixup_target = lambda t, nc, lam=1., *a, **k: orig_t(t, nc, 1 - lam, *a, **k)
 elif variant == "tta_far_shift":
-    A.TTA_VIEWS = tuple((f, 8 * dx, 8 * dy) for f, dx, dy in A.TTA_VIEWS)
+    import dataclasses
+    import cifar10_levels.evaluation.tta as V
+    far = tuple((f, 8 * dx, 8 * dy) for f, dx, dy in V.TTA_VIEWS)
+    V.TTA_SCHEMES["shift2"] = dataclasses.replace(V.TTA_SCHEMES["shift2"], views=far)
 elif variant == "labels_shuffled":
     import cifar10_levels.data.cifar10 as D
     orig_load = D.load_cifar10

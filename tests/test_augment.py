@@ -7,8 +7,9 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from cifar10_levels.data.augment import (TTA_VIEWS, Normalizer, TrainAugment, randaugment, random_crop_flip,
-                                    translate, tta_views)
+from cifar10_levels.data.augment import TrainAugment, randaugment, random_crop_flip, translate
+from cifar10_levels.data.normalize import Normalizer
+from cifar10_levels.evaluation.tta import TTA_VIEWS, tta_views
 from cifar10_levels.recipes import LEVELS, Augment
 
 NORM = Normalizer(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -340,7 +341,7 @@ def reflect_shifted(img: torch.Tensor, right: int, down: int) -> torch.Tensor:
 
 
 def test_the_shift1_scheme_is_airbenchs_six_weighted_views(accelerator):
-    from cifar10_levels.data.augment import tta_scheme
+    from cifar10_levels.evaluation.tta import tta_scheme
     from cifar10_levels.errors import UserError
 
     x = batch(3)

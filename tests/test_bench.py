@@ -108,7 +108,7 @@ def test_gpu_benchmark_says_plainly_that_no_gpu_was_found():
 @pytest.mark.parametrize("shape,size", [((2, 3, 32, 32), 128), ((2, 3, 32, 32), 144),
                                         ((2, 3, 32, 32), 16), ((1, 3, 32, 40), 64)])
 def test_matmul_resize_equals_bilinear_interpolate(shape, size):
-    from cifar10_levels.data.augment import resize_bilinear
+    from cifar10_levels.data.normalize import resize_bilinear
 
     x = torch.rand(shape)
     expected = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)

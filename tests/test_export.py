@@ -14,7 +14,7 @@ from trained_runs import trained_run
 
 
 def export(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "cifar10_levels.hub.export", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "cifar10_levels.cli.export", *map(str, args)], cwd=ROOT,
                           env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=600)
 
@@ -97,7 +97,7 @@ def without_hub_access(tmp_path) -> dict:
 def test_push_offline_fails_in_one_line_and_keeps_the_export(tiny_cifar, tmp_path_factory, tmp_path):
     run = trained_run("resnet", tiny_cifar, tmp_path_factory)
     env = {**without_hub_access(tmp_path), "HF_TOKEN": "hf_not_checked_offline", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "cifar10_levels.hub.export", str(run), str(tmp_path / "m"),
+    result = subprocess.run([sys.executable, "-m", "cifar10_levels.cli.export", str(run), str(tmp_path / "m"),
                              "--push-to-hub", "someone/cifar10-test"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
@@ -110,7 +110,7 @@ def test_push_without_a_token_fails_in_one_line(tiny_cifar, tmp_path_factory, tm
     run = trained_run("resnet", tiny_cifar, tmp_path_factory)
     env = without_hub_access(tmp_path)
     env.pop("HF_HUB_OFFLINE"), env.pop("HF_DATASETS_OFFLINE")
-    result = subprocess.run([sys.executable, "-m", "cifar10_levels.hub.export", str(run), str(tmp_path / "m"),
+    result = subprocess.run([sys.executable, "-m", "cifar10_levels.cli.export", str(run), str(tmp_path / "m"),
                              "--push-to-hub", "someone/cifar10-test"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 2

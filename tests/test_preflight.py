@@ -86,7 +86,7 @@ def fake_hub_cache(root: Path, folder: str, filename: str) -> None:
 def test_cached_weights_and_dataset_pass_offline(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from cifar10_levels.models.factory import pretrained_weights_problem
+    from cifar10_levels.models.pretrained import pretrained_weights_problem
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     assert "hf download" in pretrained_weights_problem("test_resnet", hub_up=False)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-from cifar10_levels.cli.report import target_met
+from cifar10_levels.tracking.results_table import target_met
 
 
 def write_results(path: Path, **fields) -> None:

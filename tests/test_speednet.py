@@ -13,6 +13,7 @@ from cifar10_levels.data.cifar10 import load_cifar10
 from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.models.speednet import SpeedNet, whitening_filters
+from cifar10_levels.optim.muon import muon_with_sgd
 from conftest import run_cli, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
@@ -78,7 +79,7 @@ def test_optimizer_state_round_trips():
         opt.step()
         opt.zero_grad()
 
-    opt = model.optimizer_groups(0.24, 0.004, batch_size=8)
+    opt = muon_with_sgd(model, 0.24, 0.004, batch_size=8)
     assert [g["muon"] for g in opt.param_groups] == [True, False, False]
     step(opt)
     saved_model = {k: v.clone() for k, v in model.state_dict().items()}
@@ -86,7 +87,7 @@ def test_optimizer_state_round_trips():
     step(opt)
     after = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(saved_model)
-    fresh = model.optimizer_groups(0.24, 0.004, batch_size=8)
+    fresh = muon_with_sgd(model, 0.24, 0.004, batch_size=8)
     fresh.load_state_dict(saved_opt)
     step(fresh)
     for k, v in model.state_dict().items():
@@ -142,7 +143,7 @@ def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
     torch.manual_seed(0)
     model = SpeedNet()
     recipe = get_recipe("fast").with_overrides(whiten_bias_fraction=0.375)
-    opt = model.optimizer_groups(0.24, 0.004, batch_size=8, whiten_bias_fraction=0.375)
+    opt = muon_with_sgd(model, 0.24, 0.004, batch_size=8, whiten_bias_fraction=0.375)
     assert [g["params"] for g in opt.param_groups][1] == [model.whiten_bias]
     scheduler = build_scheduler(opt, recipe, total_steps=16, steps_per_epoch=4)   # bias: 6 steps
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
@@ -159,7 +160,7 @@ def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
     assert [lr[2] for lr in lrs] == pytest.approx([other0 * (1 - k / 16) for k in range(16)])
     assert not torch.equal(biases[5], biases[0])                  # trained while its lr lasted
     assert all(torch.equal(b, biases[6]) for b in biases[7:])     # then frozen, decay included
-    assert len(model.optimizer_groups(0.24, 0.004, batch_size=8).param_groups) == 3  # default: one bias group
+    assert len(muon_with_sgd(model, 0.24, 0.004, batch_size=8).param_groups) == 3  # default: one bias group
 
 
 def test_airbench_options_reach_the_recipe_from_flags():
@@ -172,7 +173,7 @@ def test_airbench_options_reach_the_recipe_from_flags():
     assert (recipe.augment.crop_fill, recipe.augment.flip_alternate, recipe.whiten_bias_fraction,
             recipe.tta_scheme) == ("reflect", True, 0.375, "shift2")
     assert recipe_from_args(train_parser().parse_args(["--level", "fast"])) == get_recipe("fast")
-    from cifar10_levels.data.augment import TTA_SCHEMES
+    from cifar10_levels.evaluation.tta import TTA_SCHEMES
     flag = next(a for a in train_parser()._actions if "--tta-scheme" in a.option_strings)
     assert set(flag.choices) == set(TTA_SCHEMES)
     for bad in ("0", "1.5", "nan"):

@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors weights plus the metadata (checkpoint_meta) that rebuilds the model
+"""Checkpoints: safetensors weights plus the metadata (meta.CheckpointMeta) that rebuilds the model
 from the file alone."""
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from ..recipes import MAX_IMG_SIZE, MIN_IMG_SIZE
 
 FORMAT = "cifar10-levels/1"
 BEST_NAME = "best.safetensors"      # each run's best epoch, what ensemble.py looks for
+LAST_NAME = "last.safetensors"      # each run's latest epoch
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # real headers here are a few hundred KB
 MAX_CLASSES = 1000
 WEIGHTS = ("raw", "ema")
@@ -34,6 +35,11 @@ class CheckpointMeta:
     version: str = __version__
     recipe: dict = field(default_factory=dict)
     weights: str = "raw"          # raw: the trained weights; ema: their moving average (recipe's ema_decay)
+
+    @property
+    def tta_scheme(self) -> str:
+        """The test-time views it was trained with (checkpoints from before the schemes: shift2)."""
+        return self.recipe.get("tta_scheme", "shift2")
 
     def to_header(self) -> dict[str, str]:
         return {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(self).items()}}

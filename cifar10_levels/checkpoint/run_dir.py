@@ -5,10 +5,11 @@ import shutil
 from pathlib import Path
 
 from ..recipes import Recipe
+from .meta import BEST_NAME, LAST_NAME
 
 STATE_DIR = "state"     # Accelerate's save_state + train_state.json, for --resume
 # Any of these in a directory means a run (finished or not) lives there.
-RUN_FILES = ("best.safetensors", "last.safetensors", "results.json", "history.jsonl",
+RUN_FILES = (BEST_NAME, LAST_NAME, "results.json", "history.jsonl",
              "state", "state.old", "state.tmp")
 
 

@@ -15,11 +15,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .io import CheckpointMeta, read_meta, save_checkpoint
+from .meta import BEST_NAME
 from ..errors import UserError
 from ..files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
-from ..models.factory import clean_state_dict, load_full_state_dict
 from ..recipes import Recipe
 from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, replace_dir
+from .state_dict import clean_state_dict, load_full_state_dict
 from .train_state import TrainState
 
 
@@ -28,8 +29,9 @@ def on_every_process(accelerator: Accelerator, condition: bool) -> bool:
     return bool(accelerator.gather(flag).min().item())
 
 
-def checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val_acc: float,
-                    test_acc: float | None = None, weights: str = "raw") -> CheckpointMeta:
+def make_checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val_acc: float,
+                         test_acc: float | None = None, weights: str = "raw") -> CheckpointMeta:
+    """What a checkpoint of this run at `epoch` records: enough to rebuild the model from the file."""
     r = recipe
     return CheckpointMeta(arch=r.arch, level=r.level, img_size=r.img_size, num_classes=len(class_names),
                           class_names=class_names, mean=list(r.mean), std=list(r.std), seed=r.seed,
@@ -50,7 +52,7 @@ class RunStore:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.safetensors"
+        return self.run_dir / BEST_NAME
 
     def check_resumable(self) -> None:
         if not on_every_process(self.accelerator, self.state_dir is not None):

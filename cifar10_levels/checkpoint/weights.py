@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
+from .meta import BEST_NAME
 
 if TYPE_CHECKING:  # torch and timm load after argument parsing, so --help stays instant
     from torch import nn
 
     from .meta import CheckpointMeta
 
-BEST_NAME = "best.safetensors"
 EXPORT_WEIGHTS = "model.safetensors"     # timm's Hub layout: config.json beside it
 EXPORT_CONFIG = "config.json"
 META_KEY = "cifar10_levels"              # our checkpoint metadata, kept inside config.json
@@ -24,7 +24,7 @@ def is_export_dir(path: Path) -> bool:
 
 def resolve_weights(text: str | Path, flag: str = "--weights") -> Path:
     """A checkpoint file, a Hub export directory, or a run directory (its best checkpoint)."""
-    from ..models.factory import refuse_pickle
+    from .file_checks import refuse_pickle
 
     path = Path(text)
     if path.is_file():

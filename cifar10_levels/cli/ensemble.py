@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ..ensemble import voting
-    from ..data.augment import TTA_VIEWS
     from ..data.cifar10 import load_cifar10
     from ..ensemble.cache import file_sha256, tensor_sha256
     from ..ensemble.evaluation import evaluate_members
@@ -92,12 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..ensemble.votes import build_report
     from ..tracking.hardware import hardware_name
     from ..evaluation.inference import make_accelerator
+    from ..evaluation.tta import check_tta, fewest_views
 
-    tta = max(args.tta, 1)
-    if tta > len(TTA_VIEWS):
-        raise UserError(f"--tta {args.tta}: choose 0 to {len(TTA_VIEWS)} views")
     paths = find_checkpoints(args.weights)
     members = read_members(paths, args.img_size)
+    tta = check_tta(args.tta, fewest_views(m.meta.tta_scheme for m in members))
     first_dir = next((Path(w) for w in args.weights if Path(w).is_dir()), paths[0].parent)
     output_dir = Path(args.output_dir) if args.output_dir else first_dir
     if len(members) > 1 and output_dir.exists():

@@ -53,12 +53,13 @@ def format_results(results: dict) -> str:
 @exits_cleanly_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = evaluate_parser().parse_args(argv)
-    from .predict import check_tta
     from ..checkpoint.weights import load_weights, read_weights_meta, resolve_weights
+    from ..evaluation.tta import check_tta
 
     path = resolve_weights(args.weights)
     meta = read_weights_meta(path)
-    tta = check_tta(args.tta if args.tta is not None else max(meta.recipe.get("tta", 0), 2))
+    tta = check_tta(args.tta if args.tta is not None else max(meta.recipe.get("tta", 0), 2),
+                    meta.tta_scheme)
     output = None
     if args.output:
         from ..files import check_writable_dir

@@ -165,19 +165,12 @@ def check_output(path: str | None) -> Path | None:
     return out
 
 
-def check_tta(tta: int) -> int:
-    from ..data.augment import TTA_VIEWS
-
-    if tta > len(TTA_VIEWS):
-        raise UserError(f"--tta {tta}: choose 0 to {len(TTA_VIEWS)} views")
-    return max(tta, 1)
-
-
 def split_weights_and_images(weights: list[str], images: list[str]) -> tuple[list[str], list[str]]:
     """`--weights A B img1 img2`: argparse gives --weights all four; the images start at the
     first path that is not a checkpoint, a run directory or an export."""
-    from ..models.factory import PICKLE_SUFFIXES
-    from ..checkpoint.weights import BEST_NAME, is_export_dir
+    from ..checkpoint.file_checks import PICKLE_SUFFIXES
+    from ..checkpoint.meta import BEST_NAME
+    from ..checkpoint.weights import is_export_dir
 
     def is_weights(text: str) -> bool:
         path = Path(text)
@@ -198,12 +191,13 @@ def split_weights_and_images(weights: list[str], images: list[str]) -> tuple[lis
 def main(argv: list[str] | None = None) -> int:
     args = predict_parser().parse_args(argv)
     output = check_output(args.output)
-    tta = check_tta(args.tta)
     weights, inputs = split_weights_and_images(args.weights, args.images)
     from ..checkpoint.weights import load_weights, read_weights_meta, resolve_weights
+    from ..evaluation.tta import check_tta, fewest_views
 
     paths = list(dict.fromkeys(resolve_weights(w) for w in weights))
     metas = [read_weights_meta(p) for p in paths]
+    tta = check_tta(args.tta, fewest_views(m.tta_scheme for m in metas))
     names = metas[0].class_names
     for path, meta in zip(paths[1:], metas[1:]):
         if meta.class_names != names:

@@ -2,95 +2,13 @@
 ensemble_results.json) as the write-up's results table."""
 from __future__ import annotations
 
-import json
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from .arguments import Parser
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..files import write_text
-from ..recipes import LEVELS
-
-COLUMNS = ["Level", "Technique", "Model", "Test acc", "Target", "Status", "Run"]
-LEVEL_ORDER = ["1", "2", "3", "4", "fast"]
-
-
-@dataclass
-class RunResult:
-    run: str                  # the run's directory, relative to the report root
-    level: str
-    title: str
-    arch: str
-    test_acc: float
-    test_acc_tta: float | None
-    target: str
-    train_seconds: float | None
-
-    @property
-    def best_acc(self) -> float:
-        return max(self.test_acc, self.test_acc_tta or 0.0)
-
-
-def target_met(target: str, acc: float, seconds: float | None) -> bool | None:
-    """'>= 85%', '>= 91-93%' (the lower end counts), '>= 89.5% in 10 min ...'; None if unreadable."""
-    percent = re.search(r"(\d+(?:\.\d+)?)\s*(?:[-–]\s*\d+(?:\.\d+)?)?\s*%", target)
-    if not percent:
-        return None
-    met = round(acc * 100, 6) >= float(percent.group(1))
-    minutes = re.search(r"in\s+(\d+(?:\.\d+)?)\s*min", target)
-    if minutes and seconds is not None:
-        met = met and seconds <= float(minutes.group(1)) * 60
-    return met
-
-
-def _training_run(data: dict, run: str) -> RunResult:
-    return RunResult(run=run, level=str(data["level"]), title=data.get("title", ""),
-                     arch=data.get("arch", "?"), test_acc=float(data["test_acc"]),
-                     test_acc_tta=data.get("test_acc_tta"), target=data.get("target", ""),
-                     train_seconds=data.get("train_seconds"))
-
-
-def _ensemble(data: dict, run: str) -> RunResult:
-    """ensemble.py's output: the vote chosen on validation, judged by level 4's target."""
-    best = data["best_vote"]
-    return RunResult(run=run, level="4", title=f"ensemble, {best} vote",
-                     arch=" + ".join(m["arch"] for m in data["members"]),
-                     test_acc=float(data["votes"][best]["test_acc"]), test_acc_tta=None,
-                     target=LEVELS["4"].target, train_seconds=None)
-
-
-def read_results(root: Path) -> list[RunResult]:
-    found = []
-    paths = sorted([*root.rglob("results.json"), *root.rglob("ensemble_results.json")])
-    for path in paths:
-        if any(part.endswith((".old", ".tmp")) for part in path.parent.parts):
-            continue
-        run = str(path.parent.relative_to(root)) if path.parent != root else "."
-        read = _ensemble if path.name == "ensemble_results.json" else _training_run
-        try:
-            found.append(read(json.loads(path.read_text()), run))
-        except (ValueError, KeyError, TypeError):
-            print(f"warning: {path}: not in the shape train.py/ensemble.py write; skipped",
-                  file=sys.stderr)
-    order = {level: i for i, level in enumerate(LEVEL_ORDER)}
-    return sorted(found, key=lambda r: (order.get(r.level, len(order)), r.level, r.arch, r.run))
-
-
-def markdown_table(columns: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]) + "\n"
-
-
-def results_table(results: list[RunResult]) -> str:
-    rows = []
-    for r in results:
-        acc = f"{r.test_acc:.2%}" + (f" (TTA {r.test_acc_tta:.2%})" if r.test_acc_tta is not None else "")
-        met = target_met(r.target, r.best_acc, r.train_seconds)
-        status = "?" if met is None else ("met" if met else "not met")
-        rows.append([r.level, r.title, r.arch, acc, r.target or "?", status, r.run])
-    return markdown_table(COLUMNS, rows)
+from ..tracking.results_table import read_results, results_table
 
 
 @exits_cleanly_on_user_error

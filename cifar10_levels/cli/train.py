@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from .arguments import Parser, duration, non_negative_int, positive
+from ..checkpoint.meta import BEST_NAME
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..recipes import LEVELS, Recipe, get_recipe
 
@@ -71,8 +72,9 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay, >= 0")
     r.add_argument("--label-smoothing", type=float, metavar="S", help="0 to below 1")
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
-    r.add_argument("--tta-scheme", choices=("shift2", "shift1"), help="which views (augment.TTA_SCHEMES): "
-                   "2-px zero-fill shifts, equal weights; or airbench's 1-px reflect shifts, weighted")
+    r.add_argument("--tta-scheme", choices=("shift2", "shift1"), help="which views "
+                   "(evaluation.tta.TTA_SCHEMES): 2-px zero-fill shifts, equal weights; or airbench's "
+                   "1-px reflect shifts, weighted")
     r.add_argument("--seed", type=non_negative_int, help="initial weights and augmentation (the "
                    "validation split is fixed)")
     r.add_argument("--warmup-epochs", type=float, metavar="E", help="linear learning-rate warmup over "
@@ -80,7 +82,7 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--ema", type=float, metavar="DECAY", help="also keep an exponential moving "
                    "average of the weights (timm's ModelEmaV3, warmup form, decay at most DECAY, in "
                    "(0, 1), e.g. 0.999), updated once per optimizer step; each epoch validates it "
-                   "beside the raw weights and the better one becomes best.safetensors")
+                   f"beside the raw weights and the better one becomes {BEST_NAME}")
     r.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="--no-decay-norm-bias: no weight decay on biases and norm weights (AdamW: "
                    "timm's param_groups_weight_decay, every 1-d parameter; --level fast: its SGD "

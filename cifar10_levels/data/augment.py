@@ -1,4 +1,4 @@
-"""Batched augmentation on the training device: uint8 32x32 in, normalized model-size floats out.
+"""Batched training augmentation on the device: uint8 32x32 in, normalized model-size floats out.
 
 Pixel ops (crop, flip, RandAugment) run on the uint8 32x32 batch; colour jitter, normalization,
 random erasing and Mixup/CutMix on the float 32x32 batch; the resize to the model's size comes
@@ -7,40 +7,14 @@ process.
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from .normalize import Normalizer
 from .randaugment import randaugment
 from ..recipes import Augment
 
 GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-
-# Test-time views: (horizontal flip, shift right px, shift down px); a view mirrors first, then
-# shifts. The first N of a scheme are used.
-TTA_VIEWS: tuple[tuple[bool, int, int], ...] = (
-    (False, 0, 0), (True, 0, 0), (False, 2, 2), (True, -2, -2), (False, -2, 2),
-    (True, 2, -2), (False, 2, -2), (True, -2, 2),
-)
-
-
-@dataclass(frozen=True)
-class TtaScheme:
-    views: tuple[tuple[bool, int, int], ...]
-    weights: tuple[float, ...]     # of each view's softmax (renormalized over the first N)
-    fill: str                      # the shifted border: "constant" (zeros) or "reflect"
-
-
-TTA_SCHEMES = {
-    # levels 1-4: 2-px shifts with zero fill (the training crop's), equal weights
-    "shift2": TtaScheme(TTA_VIEWS, (1.0,) * len(TTA_VIEWS), "constant"),
-    # airbench94's: identity and mirror 1/4 each; 1-px shifts down-right and up-left, each plain
-    # and mirrored, 1/8 each, reflect fill (bench/tta_views.py compares the two on the fast recipe)
-    "shift1": TtaScheme(((False, 0, 0), (True, 0, 0), (False, 1, 1), (True, -1, 1), (False, -1, -1),
-                         (True, 1, -1)), (2.0, 2.0, 1.0, 1.0, 1.0, 1.0), "reflect"),
-}
 
 
 def translate(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int,
@@ -98,7 +72,7 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (GRAY_WEIGHTS.to(x.device, x.dtype).view(1, 3) @ x.reshape(n, 3, h * w)).view(n, 1, h, w)
 
 
-def color_jitter_standardize_(x: torch.Tensor, strength: float, normalize: "Normalizer",
+def color_jitter_standardize_(x: torch.Tensor, strength: float, normalize: Normalizer,
                               max_value: float = 1.0) -> torch.Tensor:
     """Colour jitter, then mean/std normalization, in place on a float batch with values in
     [0, max_value]. Jitter = brightness, then contrast, then saturation, each a per-image factor in
@@ -120,60 +94,6 @@ def color_jitter_standardize_(x: torch.Tensor, strength: float, normalize: "Norm
     for k, (m, sd) in enumerate(zip(normalize.mean, normalize.std)):
         x[:, k].clamp_(-m / sd, (1 - m) / sd)
     return x
-
-
-@functools.lru_cache(maxsize=16)
-def bilinear_weights(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(n_out, n_in) matrix of F.interpolate's bilinear weights along one axis (align_corners=False)."""
-    eye = torch.eye(n_in, device=device, dtype=dtype).unsqueeze(1)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False).squeeze(1).T.contiguous()
-
-
-def resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
-    """F.interpolate(x, (size, size), "bilinear") as two matmuls: same values, faster on a CPU
-    (bench/step_costs.py)."""
-    rows = bilinear_weights(x.shape[-2], size, x.device, x.dtype)
-    cols = bilinear_weights(x.shape[-1], size, x.device, x.dtype)
-    return rows @ x @ cols.T
-
-
-@dataclass(frozen=True)
-class Normalizer:
-    """uint8 or [0,1] float batch -> resized, normalized float batch for the model."""
-
-    img_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    channels_last: bool = False
-    tta_scheme: str = "shift2"     # this model's test-time views (TTA_SCHEMES)
-
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean/std normalization at the input's own size: uint8, or floats in [0, 1]."""
-        if x.dtype == torch.uint8:
-            return self.standardize_(x.float(), max_value=255)
-        return self.standardize_(x.clone())
-
-    @functools.lru_cache(maxsize=8)
-    def shift_scale(self, device: torch.device, max_value: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) as (1, 3, 1, 1) tensors for values in [0, max_value]; made once per device,
-        not copied to it every batch."""
-        shift = torch.tensor(self.mean, device=device).view(1, 3, 1, 1) * max_value
-        return shift, torch.tensor(self.std, device=device).view(1, 3, 1, 1) * max_value
-
-    def standardize_(self, x: torch.Tensor, max_value: float = 1.0) -> torch.Tensor:
-        """In place on a float batch with values in [0, max_value]."""
-        shift, scale = self.shift_scale(x.device, max_value)
-        return x.sub_(shift).div_(scale)
-
-    def resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            x = resize_bilinear(x, self.img_size)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalizing before the resize is exact (bilinear weights sum to 1) and touches 16x fewer
-        # pixels at 32 -> 128 px.
-        return self.resize(self.standardize(x))
 
 
 class TrainAugment:
@@ -220,31 +140,3 @@ class TrainAugment:
         if mix and self.mixup is not None:
             x, targets = self.mixup(x, labels)
         return self.normalize.resize(x), targets
-
-
-def tta_scheme(name: str, count: int) -> TtaScheme:
-    """The first `count` views of scheme `name`, weights summing to 1."""
-    from ..errors import UserError
-
-    scheme = TTA_SCHEMES[name]
-    if not 1 <= count <= len(scheme.views):
-        raise UserError(f"--tta {count}: this model's test-time views ({name}) are 1 to "
-                        f"{len(scheme.views)}")
-    weights = scheme.weights[:count]
-    return TtaScheme(scheme.views[:count], tuple(w / sum(weights) for w in weights), scheme.fill)
-
-
-def tta_views(images: torch.Tensor, count: int, scheme: str = "shift2") -> list[torch.Tensor]:
-    """The first `count` deterministic views of a uint8 batch (identity first)."""
-    chosen = tta_scheme(scheme, count)
-    views = []
-    n = images.shape[0]
-    for flip, dx, dy in chosen.views:
-        if not (flip or dx or dy):
-            views.append(images)
-            continue
-        full = (lambda value: torch.full((n,), value, device=images.device))
-        # a view mirrors first, then shifts: the same as shifting by -dx, then mirroring
-        views.append(translate(images, full(-dx if flip else dx), full(dy), max(abs(dx), abs(dy), 1),
-                               full(flip), chosen.fill))
-    return views

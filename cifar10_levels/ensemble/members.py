@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..checkpoint.meta import BEST_NAME, CheckpointMeta, read_meta
 from ..errors import UserError
-from ..models.factory import PICKLE_SUFFIXES, check_arch, refuse_pickle
+from ..checkpoint.file_checks import PICKLE_SUFFIXES, refuse_pickle
+from ..models.factory import check_arch
 
 STATE_DIR_NAMES = ("state", "state.old", "state.tmp")   # Accelerate's save_state holds bare weights
 

@@ -9,7 +9,7 @@ from accelerate import Accelerator
 
 from .votes import EnsembleReport
 from ..tracking.environment import git_commit, package_versions
-from ..cli.report import markdown_table
+from ..tracking.results_table import markdown_table
 from ..tracking.trackers import finish_trackers, start_trackers, tracker_names, wandb_init_kwargs
 from ..tracking.wandb_account import choose_wandb_mode
 

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.augment import Normalizer, tta_scheme, tta_views
+from ..data.normalize import Normalizer
+from .tta import tta_scheme, tta_views
 
 
 @dataclass

@@ -20,11 +20,11 @@ def make_accelerator():
 
 def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, images: ImageSet,
                         tta: int = 1, batch_size: int = 256, img_size: int | None = None) -> EvalResult:
-    """evaluation.evaluate with the model's own normalization: 32 px views (augment.tta_views), then
-    augment.Normalizer's resize to meta.img_size (or `img_size`), as in training."""
+    """evaluation.evaluate with the model's own normalization: 32 px views (tta.tta_views of its
+    scheme), then Normalizer's resize to meta.img_size (or `img_size`), as in training."""
     import torch
 
-    from ..data.augment import Normalizer
+    from ..data.normalize import Normalizer
     from ..data.cifar10 import make_loader
     from .evaluate import evaluate
 
@@ -33,7 +33,7 @@ def model_probabilities(accelerator, model: nn.Module, meta: CheckpointMeta, ima
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalizer(img_size or meta.img_size, tuple(meta.mean), tuple(meta.std), channels_last,
-                           meta.recipe.get("tta_scheme", "shift2"))
+                           meta.tta_scheme)
     loader = accelerator.prepare_data_loader(make_loader(images, batch_size, False, 0))
     with accelerator.autocast():
         return evaluate(accelerator, model, loader, normalize, max(tta, 1))

@@ -2,5 +2,5 @@
 from ..lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "export": ("check_push_ready", "push_after_training",),
+    "export": ("check_push_ready", "export_model", "push_after_training", "push_export",),
 })

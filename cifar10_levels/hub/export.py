@@ -1,42 +1,27 @@
-"""`cifar10-export CKPT OUT_DIR [--push-to-hub REPO_ID]`: a checkpoint as a timm Hub model.
+"""A checkpoint as a timm Hub model (cifar10-export, train.py --push-to-hub).
 
-OUT_DIR gets timm's layout, written by timm's own `save_for_hf` (config.json + model.safetensors),
-so `timm.create_model("local-dir:OUT_DIR", pretrained=True)` loads it, plus a model card (README.md)
-and the run's pictures. The upload is huggingface_hub's `upload_folder` of exactly that directory:
+The export directory gets timm's layout, written by timm's own `save_for_hf` (config.json +
+model.safetensors), so `timm.create_model("local-dir:OUT_DIR", pretrained=True)` loads it, plus a
+model card (README.md) and the run's pictures. The upload is huggingface_hub's `upload_folder` of exactly that directory:
 timm's `push_to_hf_hub` would save again into a temporary directory (pickle weights too, by
 default) and keep its own generated card.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from ..cli.arguments import Parser
-from ..errors import UserError, exits_cleanly_on_user_error
+from ..errors import UserError
 from ..files import UMASK
-from ..checkpoint.weights import BEST_NAME, EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
+from ..checkpoint.meta import BEST_NAME
+from ..checkpoint.weights import EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
 
 HUB_EXPORT_DIR = "hub_export"           # inside a run directory, for train.py --push-to-hub
 PICTURES = ("confusion.png", "reliability.png")
-
-
-def export_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="cifar10-export", description="Write a checkpoint as a timm model directory "
-               "(config.json, model.safetensors, README.md model card) and optionally push it to "
-               "the Hugging Face Hub.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors checkpoint or a run directory")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="the model directory to write")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload it, e.g. you/cifar10-resnet50 "
-                   "(needs a token: `hf auth login` or HF_TOKEN)")
-    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    p.add_argument("--wandb-url", metavar="URL", help="the training run's W&B page, for the card")
-    return p
 
 
 # ---- before any work -------------------------------------------------------------------------
@@ -74,7 +59,7 @@ def check_push_ready(repo_id: str, flag: str = "--push-to-hub") -> str:
 
 
 # ---- the export ------------------------------------------------------------------------------
-def run_results(checkpoint: Path, test_acc: float | None) -> dict | None:
+def read_run_results(checkpoint: Path, test_acc: float | None) -> dict | None:
     """results.json beside the checkpoint, only if it describes these weights (best.safetensors
     carries the test accuracy that results.json reports)."""
     path = checkpoint.parent / "results.json"
@@ -100,7 +85,7 @@ def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
 
     check_writable_dir(out_dir, "OUT_DIR")
     model, meta = load_checkpoint(checkpoint, "CKPT")
-    results = run_results(checkpoint, meta.test_acc)
+    results = read_run_results(checkpoint, meta.test_acc)
     wandb_url = wandb_url or (results or {}).get("wandb_url")
     pictures = [checkpoint.parent / p for p in PICTURES
                 if results is not None and (checkpoint.parent / p).is_file()]
@@ -151,32 +136,3 @@ def push_after_training(run_dir: Path, repo_id: str, private: bool, token: str) 
     out_dir = export_model(run_dir / BEST_NAME, run_dir / HUB_EXPORT_DIR, repo_id)
     print(f"exported: {out_dir}", flush=True)
     print(f"pushed: {push_export(out_dir, repo_id, private, token)}", flush=True)
-
-
-@exits_cleanly_on_user_error
-def main(argv: list[str] | None = None) -> int:
-    args = export_parser().parse_args(argv)
-    from ..checkpoint.weights import is_export_dir, resolve_weights
-
-    checkpoint = resolve_weights(args.checkpoint, "CKPT")
-    if is_export_dir(checkpoint):
-        raise UserError(f"CKPT {checkpoint}: already an export; push it by exporting its checkpoint")
-    problem = None
-    token = None
-    if args.push_to_hub:
-        try:
-            token = check_push_ready(args.push_to_hub)
-        except UserError as err:
-            problem = err  # the export is still written: it is useful on its own
-    out_dir = export_model(checkpoint, Path(args.out_dir), args.push_to_hub, args.wandb_url)
-    print(f"exported: {out_dir} (load it with timm.create_model(\"local-dir:{out_dir}\", "
-          "pretrained=True))")
-    if problem is not None:
-        raise UserError(f"{problem}; the export is kept in {out_dir}")
-    if args.push_to_hub:
-        print(f"pushed: {push_export(out_dir, args.push_to_hub, args.private, token)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

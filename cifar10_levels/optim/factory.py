@@ -15,12 +15,15 @@ def scaled_lr(lr: float, recipe: Recipe, global_batch: int, scaling: str) -> flo
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; without `decay_norm_bias`, timm's two groups (no decay on
-    1-d parameters: norm weights, biases; nor on the model's own no_weight_decay() names)."""
-    if recipe.optimizer == "fast" and hasattr(model, "optimizer_groups"):
-        return model.optimizer_groups(lr, recipe.weight_decay, recipe.batch_size,
-                                      decay_biases=recipe.decay_norm_bias,
-                                      whiten_bias_fraction=recipe.whiten_bias_fraction)
+    """The recipe's optimizer. "fast": Muon with SGD (muon.py). "adamw": AdamW over the trainable
+    parameters; without `decay_norm_bias`, timm's two groups (no decay on 1-d parameters: norm
+    weights, biases; nor on the model's own no_weight_decay() names)."""
+    if recipe.optimizer == "fast":
+        from .muon import muon_with_sgd
+
+        return muon_with_sgd(model, lr, recipe.weight_decay, recipe.batch_size,
+                             decay_biases=recipe.decay_norm_bias,
+                             whiten_bias_fraction=recipe.whiten_bias_fraction)
     if recipe.decay_norm_bias:
         params = [p for p in model.parameters() if p.requires_grad]
     else:

@@ -17,7 +17,8 @@ from ..data.cifar10 import NUM_CLASSES, cache_dir
 from ..files import write_json
 from ..recipes import Recipe
 from . import step_timing
-from .step_timing import StepCost, autocast_for, cached_inputs, call_cost, images_cost, training_step, \
+from .precision import autocast_for
+from .step_timing import StepCost, cached_inputs, call_cost, images_cost, training_step, \
     untouched_rng
 
 BF16_MIN_SPEEDUP = 1.10   # bf16 must train this many times as fast as fp32 to be chosen

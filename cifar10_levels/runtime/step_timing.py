@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -46,12 +46,6 @@ def untouched_rng(device: torch.device) -> Iterator[None]:
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
-
-
-def autocast_for(device: torch.device, precision: str) -> AbstractContextManager:
-    """The autocast a run of `precision` computes its forward pass in ("no": none)."""
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    return torch.autocast(device.type, dtype=dtypes[precision]) if precision in dtypes else nullcontext()
 
 
 def synchronizer(device: torch.device) -> Callable[[], None]:

@@ -19,8 +19,9 @@ from ..errors import UserError
 from ..models.factory import set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer
 from . import step_timing
-from .step_timing import autocast_for, evaluation_step, step_cost, synchronizer, training_step, \
+from .step_timing import evaluation_step, step_cost, synchronizer, training_step, \
     untouched_rng
+from .precision import autocast_for
 from .time_budget import BudgetPlan, RunCosts
 
 if TYPE_CHECKING:

@@ -13,9 +13,9 @@ from ..recipes import Recipe
 from ..checkpoint.train_state import TrainState
 
 
-def run_results(recipe: Recipe, data: CIFAR10, state: TrainState, test: EvalResult,
-                tta: EvalResult | None, *, seconds: float, num_params: int, hardware: str,
-                precision: str, num_processes: int, global_batch: int) -> dict:
+def make_results(recipe: Recipe, data: CIFAR10, state: TrainState, test: EvalResult,
+                 tta: EvalResult | None, *, seconds: float, num_params: int, hardware: str,
+                 precision: str, num_processes: int, global_batch: int) -> dict:
     """results.json's fields; `test`: the plain test result, `tta`: with the recipe's views or None."""
     per_class = per_class_accuracy(test.preds, test.labels, len(data.class_names))
     history = state.history

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data.augment import Normalizer
+from ..data.normalize import Normalizer
 from ..evaluation.evaluate import EvalResult, evaluate
 from ..runtime.precision import Amp
 
@@ -42,14 +42,15 @@ class WeightEma:
             distribute_bn(self.module, accelerator.num_processes, reduce=False)
 
     def evaluate(self, accelerator, loader, normalize: Normalizer, amp: Amp, tta: int = 1) -> EvalResult:
-        """Synced first, then evaluated in the precision the prepared model runs in. The RNG states are
-        put back after: each pass over a loader draws a seed from them, and the training augmentation
-        must not see that extra draw (the raw weights train exactly as without --ema)."""
+        """Synced first, then evaluated in the precision the prepared model runs in (the average is not
+        prepared: amp's whole autocast). The RNG states are put back after: each pass over a loader
+        draws a seed from them, and the training augmentation must not see that extra draw (the raw
+        weights train exactly as without --ema)."""
         self.sync_across_processes(accelerator)
         device = accelerator.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                accelerator.autocast():
-            return evaluate(accelerator, self.module, loader, normalize, tta, autocast=amp.autocast)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return evaluate(accelerator, self.module, loader, normalize, tta,
+                            autocast=amp.unprepared_autocast)
 
     def state_dict(self) -> dict:
         return {"updates": self.updates, "weights": self.module.state_dict()}

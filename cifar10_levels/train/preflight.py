@@ -25,19 +25,26 @@ def preflight(recipe: Recipe, opts: RunOptions) -> None:
 
 
 def recipe_problems(recipe: Recipe) -> list[str | None]:
-    from ..data.augment import TTA_SCHEMES
+    from ..evaluation.tta import check_tta
     from ..models.factory import check_arch
+    from ..optim.muon import MUON_ARCHS
 
     problems = []
     try:
         check_arch(recipe.arch, "--arch")
     except UserError as err:
         problems.append(str(err))
+    else:
+        if recipe.optimizer == "fast" and recipe.arch not in MUON_ARCHS:
+            problems.append(f"--arch {recipe.arch}: --level {recipe.level}'s optimizer (Muon with SGD) "
+                            f"knows the parts of {', '.join(MUON_ARCHS)} only; pass --arch "
+                            f"{MUON_ARCHS[0]}, or another --level")
     if not MIN_IMG_SIZE <= recipe.img_size <= MAX_IMG_SIZE:
         problems.append(f"--img-size {recipe.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
-    views = len(TTA_SCHEMES[recipe.tta_scheme].views)
-    if recipe.tta > views:
-        problems.append(f"--tta {recipe.tta}: choose 0 to {views} views")
+    try:
+        check_tta(recipe.tta, recipe.tta_scheme)
+    except UserError as err:
+        problems.append(str(err))
     if not problems:
         problems.append(img_size_problem(recipe))
     return problems
@@ -95,7 +102,8 @@ def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     """The dataset and the pretrained weights: local, cached or on a reachable Hub."""
     from ..data.checks import dataset_problem
     from ..offline import hub_reachable
-    from ..models.factory import known_arch, pretrained_weights_problem
+    from ..models.factory import known_arch
+    from ..models.pretrained import pretrained_weights_problem
 
     needs_hub = opts.dataset is None or (recipe.pretrained and not opts.pretrained_file)
     hub_up = needs_hub and hub_reachable()
@@ -108,13 +116,12 @@ def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
 
 
 def pretrained_file_problem(path: str, arch: str) -> str | None:
+    from ..checkpoint.file_checks import check_pretrained_file
     from ..data.cifar10 import NUM_CLASSES
-    from ..models.factory import check_pretrained_file, refuse_pickle
 
     if not Path(path).is_file():
         return f"--pretrained-file {path}: no such file; pass a .safetensors file, or --no-pretrained"
     try:
-        refuse_pickle(path, "--pretrained-file")
         check_pretrained_file(path, arch, NUM_CLASSES)
     except UserError as err:
         return str(err)

@@ -9,9 +9,11 @@ from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
 from ..checkpoint.run_dir import STATE_DIR, run_dir, run_name
-from ..checkpoint.run_store import RunStore, checkpoint_meta
+from ..checkpoint.file_checks import check_pretrained_file
+from ..checkpoint.run_store import RunStore, make_checkpoint_meta
 from ..checkpoint.train_state import TrainState
-from ..data.augment import Normalizer, TrainAugment
+from ..data.augment import TrainAugment
+from ..data.normalize import Normalizer
 from ..data.cifar10 import load_cifar10
 from ..errors import UserError
 from ..evaluation.evaluate import EvalResult, evaluate
@@ -25,7 +27,7 @@ from ..runtime.time_budget_probe import ProbeParts, process_seconds, replan, res
 from ..tracking.console import SlowRunWarning, epoch_line, format_duration
 from ..tracking.hardware import hardware_name
 from ..tracking.plots import plot_reliability
-from ..tracking.results import results_text, run_results
+from ..tracking.results import make_results, results_text
 from ..tracking.run_log import RunLog, TrackerSettings, run_config, write_history
 from .ema import final_weights, make_ema
 from .loop import EpochStats, train_one_epoch
@@ -66,6 +68,8 @@ class Trainer:
     def _setup_model(self) -> None:
         recipe, device = self.recipe, self.accelerator.device
         set_seed(recipe.seed)  # the same initial weights on every process and world size
+        if self.opts.pretrained_file:  # before timm reads it: no pickle, and one of ours must fit the run
+            check_pretrained_file(self.opts.pretrained_file, recipe.arch, len(self.data.class_names))
         model = create_model(recipe.arch, len(self.data.class_names), recipe.pretrained,
                              self.opts.pretrained_file)
         self.channels_last = uses_channels_last(recipe, self.opts, device)
@@ -137,7 +141,7 @@ class Trainer:
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
         """`model` holds the `weights` named in the metadata (default: the model being trained)."""
-        meta = checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights)
+        meta = make_checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights)
         self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
@@ -302,10 +306,10 @@ class Trainer:
         views = evaluate(accelerator, self.model, test_loader, self.normalize, max(recipe.tta, 1),
                          autocast=self.amp.autocast)
         test, tta = views.plain(), (views if recipe.tta > 1 else None)
-        results = run_results(recipe, self.data, state, test, tta, seconds=seconds,
-                              num_params=self.num_params, hardware=self.device_name(),
-                              precision=self.amp.name, num_processes=accelerator.num_processes,
-                              global_batch=self.global_batch)
+        results = make_results(recipe, self.data, state, test, tta, seconds=seconds,
+                               num_params=self.num_params, hardware=self.device_name(),
+                               precision=self.amp.name, num_processes=accelerator.num_processes,
+                               global_batch=self.global_batch)
         results["wandb_url"] = self.log.wandb_url
         if final:
             results["final_weights"] = final

@@ -57,7 +57,7 @@ def evaluate_split(out: str) -> None:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from cifar10_levels.data.augment import Normalizer
+    from cifar10_levels.data.normalize import Normalizer
     from cifar10_levels.data.cifar10 import ImageSet, make_loader
     from cifar10_levels.evaluation.evaluate import evaluate
     from cifar10_levels.models.factory import create_model

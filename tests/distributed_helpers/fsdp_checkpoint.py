@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's package, installed or not
 
 from cifar10_levels.checkpoint.io import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
-from cifar10_levels.models.factory import clean_state_dict, load_full_state_dict  # noqa: E402
+from cifar10_levels.checkpoint.state_dict import clean_state_dict, load_full_state_dict  # noqa: E402
 
 
 def sharded_model(seed: int) -> torch.nn.Module:
