@@ -4,7 +4,7 @@ from ..lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "io": ("load_checkpoint", "save_checkpoint",),
     "meta": ("BEST_NAME", "CheckpointMeta", "FORMAT", "check_fits", "parse_meta", "read_header", "read_meta",),
-    "run_dir": ("STATE_DIR", "check_run_name", "find_state_dir", "run_dir", "run_dir_problem", "run_name",),
+    "run_dir": ("STATE_DIR", "check_run_name", "find_state_dir", "resolve_resume", "run_dir", "run_dir_problem", "run_name",),
     "run_store": ("RunStore", "checkpoint_meta",),
     "train_state": ("TrainState",),
     "weights": ("BEST_NAME", "EXPORT_CONFIG", "EXPORT_WEIGHTS", "META_KEY", "is_export_dir", "load_weights", "read_weights_meta", "resolve_weights",),

@@ -25,6 +25,7 @@ from ..checkpoint.run_store import RunStore, checkpoint_meta
 from ..tracking.plots import plot_reliability
 from ..recipes import Phase, Recipe
 from ..tracking.results import results_text, run_results
+from .checkpoint_timer import CheckpointTimer
 from .setup import check_batch_fits, make_accelerator, make_loaders, make_losses, ready_model, \
     uses_channels_last
 from ..checkpoint.run_dir import STATE_DIR, run_dir
@@ -42,8 +43,8 @@ class Trainer:
         self.accelerator, self.amp = make_accelerator(recipe, opts, self.run_dir)
         accelerator = self.accelerator
         self.store = RunStore(accelerator, self.run_dir, opts.overwrite)
-        if opts.resume:
-            self.store.check_resumable()
+        if opts.resume or opts.resume_auto:
+            self.store.check_resumable(auto=opts.resume_auto)
 
         self.data = load_cifar10(opts.dataset, opts.train_limit, opts.eval_limit)
         self.global_batch = recipe.batch_size * accelerator.num_processes * opts.grad_accum
@@ -67,6 +68,8 @@ class Trainer:
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
         self.state = TrainState()
         self.stop = StopFlag(accelerator)
+        self.checkpoint_timer = CheckpointTimer(accelerator, opts.checkpoint_every) \
+            if opts.checkpoint_every else None
         self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None
         self.plan = run_plan(self)  # --time-budget: the steps that fit, or on --resume the saved plan
         self.state.budget_plan = self.plan and self.plan.to_dict()
@@ -84,6 +87,8 @@ class Trainer:
 
     def save_state(self) -> None:
         self.store.save_state(self.state)
+        if self.checkpoint_timer is not None:
+            self.checkpoint_timer.saved()
 
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
@@ -151,7 +156,8 @@ class Trainer:
                           best_checkpoint=self.store.best_checkpoint,
                           check_every_step=self.amp.scaler is None, stop=self.stop,
                           save_state=self.save_state, log_step=self.log.step,
-                          warn_if_slow=self.warn_if_slow, progress=self.opts.progress)
+                          warn_if_slow=self.warn_if_slow, progress=self.opts.progress,
+                          checkpoint_timer=self.checkpoint_timer)
         mix = self.recipe.mixes(phase)
         return train_one_epoch(self.accelerator, self.model, self.optimizer, self.scheduler, loader,
                                self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
@@ -229,6 +235,7 @@ class Trainer:
             results["final_weights"] = final
         results["precision_probe"] = self.amp.measured and self.amp.measured.record()
         results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.opts.resume)
+        results["checkpoint_every"] = self.opts.checkpoint_every
         self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc, state.best_weights)
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",
