@@ -32,10 +32,9 @@ def find_binary(name: str) -> str | None:
 def missing_reason() -> str | None:
     missing = [name for name in (*DAEMONS, *COMMANDS) if find_binary(name) is None]
     if missing:
-        return (f"Slurm tests skipped: {', '.join(missing)} not installed "
-                "(apt-get install slurm-wlm munge)")
+        return f"{', '.join(missing)} not installed (apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
-        return "Slurm tests skipped: starting slurmd needs root"
+        return "starting slurmd needs root"
     return None
 
 
@@ -89,8 +88,12 @@ PartitionName=tests Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
 
 @dataclass
 class SlurmCluster:
-    root: Path
-    env: dict[str, str]         # the client commands' environment (SLURM_CONF)
+    root: Path                  # slurm.conf, the daemons' state and logs
+
+    @property
+    def env(self) -> dict[str, str]:
+        """This process's environment, with the cluster's slurm.conf for Slurm's commands."""
+        return {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([find_binary(command[0]) or command[0], *command[1:]], env=self.env,
@@ -104,8 +107,8 @@ class SlurmCluster:
                env: dict[str, str] | None = None) -> str:
         """Submit `script` with `args` after it; `env` is the job's environment (sbatch passes it on)."""
         result = subprocess.run([find_binary("sbatch"), "--parsable", *options, str(script), *args],
-                                env={**(env or os.environ), **self.env}, capture_output=True, text=True,
-                                timeout=60)
+                                env={**(env or os.environ), "SLURM_CONF": self.env["SLURM_CONF"]},
+                                capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"sbatch failed: {result.stderr}\n{self.logs()}"
         return result.stdout.strip().split(";")[0]
 
@@ -150,15 +153,14 @@ def start_cluster(root: Path):
     ports = free_ports(1 + len(NODES))
     conf = root / "slurm.conf"
     conf.write_text(slurm_conf(root, ports))
-    env = {**os.environ, "SLURM_CONF": str(conf)}
+    cluster = SlurmCluster(root)
     daemons: list[subprocess.Popen] = []
 
     def daemon(*command: str) -> None:
-        log = open(root / "log" / f"{command[0]}-{len(daemons)}.out", "w")
-        daemons.append(subprocess.Popen([find_binary(command[0]), *command[1:]], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT))
+        with open(root / "log" / f"{command[0]}-{len(daemons)}.out", "w") as log:
+            daemons.append(subprocess.Popen([find_binary(command[0]), *command[1:]], env=cluster.env,
+                                            stdout=log, stderr=subprocess.STDOUT))
 
-    cluster = SlurmCluster(root, {"SLURM_CONF": str(conf), "PATH": os.environ["PATH"]})
     try:
         daemon("munged", "--foreground", "--force", f"--key-file={key}",
                f"--socket={root}/munge/munge.socket", f"--pid-file={root}/munge/munged.pid",
@@ -197,6 +199,7 @@ def slurm(tmp_path_factory):
     reason = missing_reason()
     if reason:
         if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must run them (.ci/run installs slurm-wlm and munge)")
-        pytest.skip(reason)
+            pytest.fail(f"Slurm tests cannot run: {reason}; CI must run them (.ci/run installs "
+                        "slurm-wlm and munge)")
+        pytest.skip(f"Slurm tests skipped: {reason}")
     yield from start_cluster(tmp_path_factory.mktemp("slurm"))

@@ -90,7 +90,7 @@ def test_a_preempted_job_requeues_itself_and_ends_as_the_uninterrupted_one(
     assert state["JobState"] == "COMPLETED" and state["Restarts"] == "1", (state, output)
     first, second = output.split("start 2 on")
     assert "signal: the training processes save the resume state and stop" in first
-    assert "stopped: state saved" in first and "requeueing job" in first
+    assert "/state; continue with the same command\n" in first and "requeueing job" in first
     resumed_at = re.search(r"resuming from \S+: phase 2, epoch (\d), step (\d+)", second)
     assert resumed_at and int(resumed_at[1]) >= 2 and int(resumed_at[2]) > 0, second
     assert "test accuracy" not in first and second.count("test accuracy") == 1

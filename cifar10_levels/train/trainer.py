@@ -130,8 +130,8 @@ class Trainer:
                         resuming = False
                     self.run_phase(index, phase, started)
             except Stopped:
-                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; "
-                           "continue with the same command and --resume")
+                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; continue with the "
+                           f"same command{'' if self.opts.resume_auto else ' and --resume'}")
                 self.log.finish()
                 raise
             except Diverged:
