@@ -58,12 +58,12 @@ def test_cpu_2proc_really_starts_two_processes():
     assert "ACCELERATE_USE_CPU=1 accelerate launch" in (CONFIG_DIR / "cpu_2proc.yaml").read_text()
 
 
-def test_multi_node_names_each_machine_and_has_a_slurm_example():
+def test_multi_node_names_each_machine_and_points_to_the_slurm_job():
     config = load_config_from_file(str(CONFIG_DIR / "multi_node.yaml"))
     assert config.main_process_ip and config.main_process_port and config.machine_rank == 0
     text = (CONFIG_DIR / "multi_node.yaml").read_text()
     assert re.search(r"--machine_rank 1\b", text)
-    assert "#SBATCH --nodes=2" in text and "$SLURM_NODEID" in text
+    assert "slurm/train.sbatch" in text and (CONFIG_DIR.parent / "slurm" / "train.sbatch").is_file()
     args = launch_args("multi_node.yaml", "--machine_rank", "1")
     assert args.multi_gpu and args.num_machines == 2 and args.machine_rank == 1
 

@@ -45,6 +45,12 @@ def has_saved_state(directory: Path) -> bool:
     return find_state_dir(directory) is not None
 
 
+def resolve_resume(resume: bool | str, directory: Path) -> bool:
+    """Whether the run continues a saved one: --resume always; --resume auto when `directory` holds
+    saved state (else it starts, under the never-replace rule of a plain start)."""
+    return has_saved_state(directory) if resume == "auto" else bool(resume)
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Swap a finished directory into place; a kill leaves `target` or `target.old` intact."""
     old = target.with_name(target.name + ".old")
@@ -57,14 +63,20 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def run_dir_problem(directory: Path, resume: bool, overwrite: bool) -> str | None:
-    """The one-line reason this run may not use `directory`, or None when it may."""
+def run_dir_problem(directory: Path, resume: bool, overwrite: bool, resume_auto: bool = False
+                    ) -> str | None:
+    """The one-line reason this run may not use `directory`, or None when it may. `resume_auto`:
+    --resume auto, which found no saved state there (else `resume`)."""
     found = existing_run_files(directory) if directory.is_dir() else []
     if resume:
         if not has_saved_state(directory):
             return (f"--resume: nothing to resume in {directory} (no saved state); "
                     "start without --resume")
         return None
+    if found and resume_auto:
+        return (f"--resume auto: run directory {directory} holds a run ({', '.join(found)}) but no "
+                "saved state to continue it from; replace it with --overwrite instead of --resume "
+                "auto, or start a new run with another --seed, --run-name or --output-dir")
     if found and not overwrite:
         return (f"run directory {directory} already holds a run ({', '.join(found)}); continue it "
                 "with --resume, replace it with --overwrite, or keep it and start a new run with "

@@ -54,7 +54,16 @@ class RunStore:
     def best_checkpoint(self) -> Path:
         return self.run_dir / BEST_NAME
 
-    def check_resumable(self) -> None:
+    def check_resumable(self, auto: bool = False) -> None:
+        """--resume: every process finds a saved state. `auto` (--resume auto, decided on each machine
+        from its own disk): every process decided alike, to resume or to start."""
+        if auto:
+            if not on_every_process(self.accelerator, self.state_dir is not None) and \
+                    not on_every_process(self.accelerator, self.state_dir is None):
+                raise UserError(f"--resume auto: {self.run_dir} holds saved state on some machines "
+                                "but not on others; copy it to every machine's --output-dir, or "
+                                "start again with --overwrite")
+            return
         if not on_every_process(self.accelerator, self.state_dir is not None):
             raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state"
                             f"{'' if self.state_dir is None else ' on another machine'}); "

@@ -121,7 +121,14 @@ def train_parser() -> argparse.ArgumentParser:
                    help="exactly N images of val and of test, classes balanced (default: all)")
     d.add_argument("--output-dir", default="ckpts", metavar="DIR",
                    help="each run goes to DIR/RUN_NAME/ (see --run-name)")
-    d.add_argument("--resume", action="store_true", help="continue the run saved in its run directory")
+    d.add_argument("--resume", nargs="?", const=True, default=False, type=resume_mode, metavar="auto",
+                   help="continue the run saved in its run directory; --resume auto: continue it when "
+                   "the run directory holds saved state, else start it (one command for the first start "
+                   "and every restart, e.g. a requeued Slurm job)")
+    d.add_argument("--checkpoint-every", type=duration, metavar="DURATION",
+                   help="e.g. 30m: also save the resume state during an epoch once DURATION has passed "
+                   "since the last save, so a run killed without warning (a lost node) loses at most "
+                   "about that much (default: at the end of each epoch and on SIGTERM/SIGINT only)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace the run already in the run directory (never done without this flag)")
     h = p.add_argument_group("hardware and speed")
@@ -152,6 +159,12 @@ def train_parser() -> argparse.ArgumentParser:
                    "for timm (OUTPUT/.../hub_export) and upload it; token and network checked first")
     t.add_argument("--hub-private", action="store_true", help="create the --push-to-hub repo as private")
     return p
+
+
+def resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"{text!r}: give no value (continue the saved run) or 'auto'")
+    return text
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -211,11 +224,14 @@ def augment_from_args(augment, args: argparse.Namespace):
 def train_main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     recipe = recipe_from_args(args)
+    from ..checkpoint.run_dir import resolve_resume, run_dir
     from ..train.options import RunOptions
 
+    resume = resolve_resume(args.resume, run_dir(args.output_dir, recipe, args.run_name))
     opts = RunOptions(
         output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,
-        eval_limit=args.eval_limit, pretrained_file=args.pretrained_file, resume=args.resume,
+        eval_limit=args.eval_limit, pretrained_file=args.pretrained_file, resume=resume,
+        resume_auto=args.resume == "auto", checkpoint_every=args.checkpoint_every,
         overwrite=args.overwrite,
         mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
         lr_scaling=args.lr_scaling, compile=args.compile, channels_last=args.channels_last,

@@ -42,6 +42,7 @@ def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen = 0
+    loss = torch.zeros((), device=device)  # an epoch resumed after its last batch has none left
     start = time.perf_counter()
     hooks.start_epoch(len(loader))
     for images, labels in loader:

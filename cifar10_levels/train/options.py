@@ -14,7 +14,9 @@ class RunOptions:
     train_limit: int | None = None
     eval_limit: int | None = None
     pretrained_file: str | None = None
-    resume: bool = False
+    resume: bool = False                   # continue the saved run (with --resume auto: one was found)
+    resume_auto: bool = False              # --resume auto: resume decided by the run directory
+    checkpoint_every: float | None = None  # seconds between mid-epoch resume-state saves
     overwrite: bool = False                # replace the run already in the run directory
     mixed_precision: str | None = None     # None: run_setup.choose_precision
     grad_accum: int = 1

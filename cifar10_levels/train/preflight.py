@@ -133,8 +133,9 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     from ..files import check_writable_dir
     from ..checkpoint.run_dir import check_run_name, run_dir, run_dir_problem
 
-    if opts.resume and opts.overwrite:
-        return ["--resume and --overwrite: choose one (--resume continues the run in the run "
+    if (opts.resume or opts.resume_auto) and opts.overwrite:
+        flag = "--resume auto" if opts.resume_auto else "--resume"
+        return [f"{flag} and --overwrite: choose one ({flag} continues the run in the run "
                 "directory, --overwrite replaces it)"]
     if opts.run_name is not None and (reason := check_run_name(opts.run_name)):
         return [f"--run-name {opts.run_name!r}: {reason}"]
@@ -146,4 +147,4 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     if directory.exists() and not directory.is_dir():
         return [f"--run-name: the run directory {directory} is a file; pass another --run-name "
                 "or --output-dir"]
-    return [run_dir_problem(directory, opts.resume, opts.overwrite)]
+    return [run_dir_problem(directory, opts.resume, opts.overwrite, opts.resume_auto)]

@@ -12,6 +12,8 @@ import torch
 from ..tracking.console import progress_bar
 from ..errors import UserError
 from ..checkpoint.train_state import TrainState
+from ..checkpoint.run_store import RunStore
+from .checkpoint_timer import CheckpointTimer
 
 LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
 STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
@@ -59,11 +61,13 @@ class StepHooks:
     def __init__(self, accelerator, state: TrainState, phase_name: str, *, max_nonfinite: int,
                  best_checkpoint: Path, check_every_step: bool, stop: StopFlag,
                  log_step: Callable[[dict, int], None], warn_if_slow: Callable[[float], None],
-                 progress: bool):
+                 progress: bool, store: RunStore | None = None,
+                 checkpoint_timer: CheckpointTimer | None = None):
         self.accelerator, self.state, self.phase_name = accelerator, state, phase_name
         self.max_nonfinite, self.best_checkpoint = max_nonfinite, best_checkpoint
         self.check_every_step, self.stop = check_every_step, stop
         self.log_step, self.warn_if_slow, self.progress = log_step, warn_if_slow, progress
+        self.store, self.checkpoint_timer = store, checkpoint_timer
         self.streak = torch.zeros(())   # non-finite losses in a row, kept on the device
         self.steps = 0
         self.started = 0.0
@@ -97,6 +101,10 @@ class StepHooks:
             self.warn_if_slow((time.perf_counter() - self.started) / SLOW_CHECK_STEP)
         if state.global_step % STOP_CHECK_EVERY == 0 and self.stop.requested():
             raise Stopped
+        if state.global_step % STOP_CHECK_EVERY == 0 and self.checkpoint_timer is not None \
+                and self.checkpoint_timer.due():
+            self.store.save_state(state)  # --checkpoint-every: mid-epoch, at the same step everywhere
+            self.checkpoint_timer.saved()
 
     def end_epoch(self, loss: torch.Tensor) -> None:
         if self.bar is not None:

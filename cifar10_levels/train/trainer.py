@@ -29,6 +29,7 @@ from ..tracking.hardware import hardware_name
 from ..tracking.plots import plot_reliability
 from ..tracking.results import make_results, results_text
 from ..tracking.run_log import RunLog, TrackerSettings, run_config, write_history
+from .checkpoint_timer import CheckpointTimer
 from .ema import final_weights, make_ema
 from .loop import EpochStats, train_one_epoch
 from .options import RunOptions
@@ -57,8 +58,8 @@ class Trainer:
         self.run_dir = run_dir(self.opts.output_dir, self.recipe, self.opts.run_name)
         self.accelerator, self.amp = make_accelerator(self.recipe, self.opts, self.run_dir)
         self.store = RunStore(self.accelerator, self.run_dir, self.opts.overwrite)
-        if self.opts.resume:
-            self.store.check_resumable()
+        if self.opts.resume or self.opts.resume_auto:
+            self.store.check_resumable(auto=self.opts.resume_auto)
 
     def _setup_data(self) -> None:
         self.data = load_cifar10(self.opts.dataset, self.opts.train_limit, self.opts.eval_limit)
@@ -95,6 +96,8 @@ class Trainer:
         """Where the run is (on --resume: where it was saved), and the flag SIGTERM/SIGINT raise."""
         self.state = self.store.load_train_state() if self.opts.resume else TrainState()
         self.stop = StopFlag(self.accelerator)
+        self.checkpoint_timer = CheckpointTimer(self.accelerator, self.opts.checkpoint_every) \
+            if self.opts.checkpoint_every else None
 
     def _setup_budget(self) -> None:
         """--time-budget: the steps that fit, measured now, or on --resume the plan saved with the run;
@@ -137,6 +140,10 @@ class Trainer:
 
     def save_state(self) -> None:
         self.store.save_state(self.state)
+        if self.checkpoint_timer is not None:
+            self.checkpoint_timer.saved()
+        if self.checkpoint_timer is not None:
+            self.checkpoint_timer.saved()
 
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
@@ -180,8 +187,8 @@ class Trainer:
                         self.save_state()
             except Stopped:
                 self.save_state()
-                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; "
-                           "continue with the same command and --resume")
+                self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; continue with the "
+                           f"same command{'' if self.opts.resume_auto else ' and --resume'}")
                 self.log.finish(state.history)
                 raise
             except Diverged:
@@ -225,7 +232,8 @@ class Trainer:
                          best_checkpoint=self.store.best_checkpoint,
                          check_every_step=self.amp.scaler is None, stop=self.stop,
                          log_step=self.log.step, warn_if_slow=self.warn_if_slow,
-                         progress=self.opts.progress)
+                         progress=self.opts.progress, store=self.store,
+                         checkpoint_timer=self.checkpoint_timer)
 
     def start_epoch(self, index: int, phase: Phase):
         """Train mode, this epoch's shuffle and augmentation, and the prepared train loader less the
@@ -315,6 +323,7 @@ class Trainer:
             results["final_weights"] = final
         results["precision_probe"] = self.amp.measured and self.amp.measured.record()
         results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.opts.resume)
+        results["checkpoint_every"] = self.opts.checkpoint_every
         self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc, state.best_weights)
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",
