@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+from helpers.commands import ROOT
 
 
 def bench(script: str, *args: str, timeout: float = 300) -> str:
@@ -137,7 +137,7 @@ def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
 
 
 def test_tta_views_scores_each_scheme_on_kept_checkpoints(tiny_cifar, tmp_path_factory):
-    from trained_runs import trained_run
+    from helpers.runs import trained_run
 
     run = trained_run("speednet", tiny_cifar, tmp_path_factory)
     out = bench("tta_views.py", "--dataset", tiny_cifar, "--weights", run / "best.safetensors",

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cifar10_levels.cli.ensemble import main as ensemble_main
-from conftest import CLASS_NAMES, run_cli, train
+from helpers.commands import run_cli, train
+from helpers.data import CLASS_NAMES
 
 # (arch, training size): three architectures, two resolutions
 MEMBERS = (("test_resnet", 32), ("test_efficientnet", 48), ("test_convnext", 32))

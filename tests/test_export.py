@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TRAIN, run_cli
-from trained_runs import trained_run
+from helpers.commands import ROOT, TINY_TRAIN, run_cli
+from helpers.runs import trained_run
 
 
 def export(*args, env=None):

@@ -7,7 +7,7 @@ import sys
 from cifar10_levels.cli.train import train_parser
 from cifar10_levels.recipes import LEVELS
 
-from conftest import ROOT, run_cli
+from helpers.commands import ROOT, run_cli
 
 
 def test_help_shows_every_flag_and_each_levels_values():

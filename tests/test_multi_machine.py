@@ -12,8 +12,7 @@ from pathlib import Path
 
 from cifar10_levels.checkpoint.io import load_checkpoint
 
-from conftest import ROOT, TINY_TRAIN
-from test_distributed import free_port
+from helpers.commands import ROOT, TINY_TRAIN, free_port
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 # 320 images in batches of 8 over 2 processes: 20 steps an epoch, a stop request lands mid-epoch

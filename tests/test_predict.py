@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
-from trained_runs import trained_run
+from helpers.commands import ROOT
+from helpers.runs import trained_run
 
 
 def cli(module, *args):

@@ -14,19 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from cifar10_levels.cli.train import train_main
 
-from cifar10_levels.train.ema import EMA_STATE_FILE
-
-from conftest import TINY_TRAIN, train
-from test_crash_safety import RUN, SMALL, check_every_file_loads, start_train, wait_for
-from trained_runs import trained_run
+from helpers.commands import TINY_TRAIN, start_train, train, wait_for
+from helpers.runs import RUN, SMALL, check_every_file_loads, ema_state, history, trained_run
 
 EPOCHS = ["--epochs", "0", "3"]
-EMA = ["--ema", "0.9"]     # trained_runs' "small_ema" run is SMALL + EPOCHS + EMA
-
-
-def history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+EMA = ["--ema", "0.9"]     # helpers.runs' "small_ema" run is SMALL + EPOCHS + EMA
 
 
 def outcome(run_dir: Path) -> dict:
@@ -41,11 +33,6 @@ def outcome(run_dir: Path) -> dict:
 def same_tensors(a: Path, b: Path) -> bool:
     ta, tb = load_file(a), load_file(b)
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
-
-
-def ema_state(run_dir: Path) -> dict:
-    """The EMA as save_state wrote it (a file of our own run: tensors and an int only)."""
-    return torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from cifar10_levels.data.cifar10 import load_cifar10
 from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.models.speednet import SpeedNet, whitening_filters
-from conftest import run_cli, train
+from helpers.commands import run_cli, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
 

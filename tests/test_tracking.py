@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT, train
+from helpers.commands import ROOT, train
 
 from cifar10_levels.tracking.trackers import flat_config
 from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli, train
+from helpers.commands import ROOT, run_cli, train
 
 # Each level's recipe (augmentation, smoothing, Mixup/CutMix, TTA) with the tiny model that learns
 # structured_cifar in 1 + 4 epochs; test_efficientnet and test_convnext train in test_ensemble.py.
