@@ -135,14 +135,6 @@ def test_bad_repo_id_and_missing_checkpoint_are_one_line_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_help_is_fast_without_torch():
-    for module in ("export", "predict", "evaluate"):
-        code = (f"import sys; from cifar10_levels.{module} import {module}_parser; "
-                f"{module}_parser().format_help(); print('torch' in sys.modules)")
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-        assert out.stdout.strip() == "False", (module, out.stderr)
-
-
 def test_push_uploads_the_export_folder_as_written(exported, monkeypatch):
     """Only the calls into huggingface_hub are checked here (HfApi replaced by a recorder); what the
     Hub answers is not: tests never reach it."""
