@@ -1,13 +1,15 @@
-"""Fixtures: a temporary home for every cache, the tiny data sets (tests/helpers/data.py) and a
-one-process Accelerator."""
+"""Fixtures: a temporary home for every cache, a seeded random state for every test, the tiny data
+sets (tests/helpers/data.py) and a one-process Accelerator."""
 from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers.data import make_dataset, make_structured_dataset
@@ -24,6 +26,19 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, whatever ran before it: a draw is the same
+    draw on every run, alone or in the suite."""
+    import torch
+
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
 
 
 @pytest.fixture(scope="session")
