@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from helpers.commands import ROOT, train
+from helpers.images import assert_picture
 
 from cifar10_levels.tracking.trackers import flat_config
 from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode
@@ -178,13 +178,7 @@ def test_local_files_history_and_readable_plots(logged_run):
     assert [json.loads(line)["phase"] for line in lines] == ["head", "full"]
     for name, min_size in (("curves.png", (900, 350)), ("confusion.png", (600, 500)),
                            ("per_class.png", (600, 400))):
-        with Image.open(run_dir / name) as image:
-            image.verify()
-        with Image.open(run_dir / name) as image:
-            assert image.format == "PNG"
-            assert min_size[0] <= image.width <= 2000 and min_size[1] <= image.height <= 1500
-            colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-            assert len(colours) > 50, f"{name} looks empty"
+        assert_picture(run_dir / name, min_size)
 
 
 def test_flat_config_has_only_scalars():
