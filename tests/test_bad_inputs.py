@@ -20,7 +20,8 @@ from cifar10_levels.cli.train import train_main
 from cifar10_levels.errors import UserError
 from cifar10_levels.models.factory import create_model
 
-from conftest import CLASS_NAMES, ROOT, make_images, run_cli, write_split
+from helpers.commands import ROOT, run_cli
+from helpers.data import CLASS_NAMES, make_images, write_split
 
 TINY = ["--no-pretrained", "--img-size", "32", "--batch-size", "32", "--no-progress",
         "--report-to", "none", "--arch", "test_resnet", "--epochs", "0", "1"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+from helpers.commands import ROOT
 
 
 def bench(script: str, *args: str, timeout: float = 300) -> str:
@@ -32,12 +32,17 @@ def table_row(output: str, first_cell: str) -> list[str]:
 
 
 def leading_number(cell: str) -> float:
-    return float(re.match(r"[\d,.]+", cell).group(0).replace(",", ""))
+    """The number a cell starts with, its sign included ('1,234.5 (1,200.0-1,300.1)' -> 1234.5)."""
+    match = re.match(r"[-+]?(\d[\d,]*(\.\d*)?|\.\d+)", cell.strip())
+    assert match, f"no number at the start of {cell!r}"
+    return float(match.group(0).replace(",", ""))
 
 
-def measured(cell: str) -> bool:
-    """A timing or throughput was printed; its size depends on the machine's load, so no bound."""
-    return leading_number(cell) >= 0
+def assert_measured(*cells: str) -> None:
+    """Timings, throughputs or ratios that were measured: each above 0 (their size depends on the
+    machine's load, so no other bound)."""
+    for cell in cells:
+        assert leading_number(cell) > 0, f"measured {cell!r}"
 
 
 def test_data_pipeline_prints_ratio_against_naive_pipeline():
@@ -46,7 +51,8 @@ def test_data_pipeline_prints_ratio_against_naive_pipeline():
     assert "hardware:" in out and "versions:" in out and "command:" in out
     row = table_row(out, "2")
     assert "RandAugment 2x9" in row[1] and "Mixup/CutMix" in row[1] and row[2] == "128 px"
-    assert measured(row[3]) and row[-1].endswith(")") and "x" in row[-1]
+    assert_measured(row[3])
+    assert row[-1].endswith(")") and "x" in row[-1]
 
 
 @pytest.mark.parametrize("extra", [[], ["--no-augment"]], ids=["full", "no-augment"])
@@ -58,11 +64,11 @@ def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_pa
     assert ("WITHOUT augmentation" in out) == bool(extra)
     row = table_row(out, "1")
     assert row[1] == "test_resnet" and row[4] == "no"
-    assert measured(row[7]) and measured(row[8])
+    assert_measured(row[7], row[8])
     timed = re.search(r"augmentation: ([\d.]+) ms per batch inside the loop .* ([\d.]+) ms per batch run alone", out)
     assert (timed is None) == bool(extra)
     if timed:
-        assert measured(timed.group(1)) and measured(timed.group(2))
+        assert_measured(timed.group(1), timed.group(2))
 
 
 def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
@@ -95,8 +101,13 @@ def test_cpu_precision_compares_fp32_with_bf16():
     assert "AMX tiles:" in out
     for work in ("matmul 128x128", "conv 3x3 256->256 at 16 px, batch 8, fwd+bwd",
                  "cifar_speednet training step, batch 64"):
-        row = table_row(out, work)
-        assert measured(row[2]) and measured(row[3]) and measured(row[4])
+        fp32, bf16, ratio = (leading_number(cell) for cell in table_row(out, work)[2:5])
+        # the speeds print rounded to integers (a slow one may show 0), their ratio to 0.01: a
+        # ratio above 0 says both were measured, away from 1 that they differ
+        assert fp32 >= 0 and bf16 >= 0 and ratio > 0 and ratio != 1.0, (work, out)
+        # and it is the ratio of these two speeds, up to their rounding
+        assert (bf16 - 0.5) / (fp32 + 0.5) <= ratio + 0.005, (work, out)
+        assert fp32 < 0.5 or ratio - 0.005 <= (bf16 + 0.5) / (fp32 - 0.5), (work, out)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -128,16 +139,15 @@ def test_window_translate_equals_per_pixel_indexing():
 def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
     out = bench("step_costs.py", "--archs", "test_resnet", "--calls", "1", "--repeats", "1",
                 "--batch-size", "8")
-    for kind in ("per-tensor", "foreach", "fused"):
-        assert measured(table_row(out, f"AdamW step, test_resnet, {kind}")[1])
-    assert measured(table_row(out, "gather 8 of 45,000 uint8 images, index_select")[1])
-    assert measured(table_row(out, "level 1, batch 8: whole TrainAugment")[1])
-    assert measured(table_row(out, "level 2, batch 8: RandAugment 2x9, per image (ours)")[1])
-    assert measured(table_row(out, "level 2, batch 8: whole TrainAugment (mixing phase)")[1])
+    for name in (*(f"AdamW step, test_resnet, {kind}" for kind in ("per-tensor", "foreach", "fused")),
+                 "gather 8 of 45,000 uint8 images, index_select", "level 1, batch 8: whole TrainAugment",
+                 "level 2, batch 8: RandAugment 2x9, per image (ours)",
+                 "level 2, batch 8: whole TrainAugment (mixing phase)"):
+        assert_measured(table_row(out, name)[1])
 
 
 def test_tta_views_scores_each_scheme_on_kept_checkpoints(tiny_cifar, tmp_path_factory):
-    from trained_runs import trained_run
+    from helpers.runs import trained_run
 
     run = trained_run("speednet", tiny_cifar, tmp_path_factory)
     out = bench("tta_views.py", "--dataset", tiny_cifar, "--weights", run / "best.safetensors",

@@ -1,10 +1,13 @@
 """NLL, expected calibration error and the reliability diagram, against hand computations."""
 import math
 
+import pytest
 import torch
 
 from cifar10_levels.evaluation import metrics
 from cifar10_levels.tracking.plots import plot_reliability
+
+from helpers.images import assert_picture
 
 
 def test_nll_is_the_mean_negative_log_probability_of_the_true_class():
@@ -31,8 +34,13 @@ def test_ece_is_zero_when_confidence_matches_accuracy():
     assert metrics.expected_calibration_error(probs, torch.tensor([1, 1, 1, 1])) > 0.7
 
 
-def test_reliability_diagram_is_a_png(tmp_path):
+def test_reliability_diagram_shows_its_bars(tmp_path):
     probs = torch.softmax(torch.randn(300, 10) * 3, 1)
     plot_reliability(metrics.reliability_bins(probs, torch.randint(0, 10, (300,))),
                      tmp_path / "reliability.png", "random")
-    assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_picture(tmp_path / "reliability.png", min_size=(500, 500), max_size=(1000, 1000))
+    # the same axes without a sample draw no bar: the check tells them apart
+    plot_reliability(metrics.reliability_bins(probs[:0], torch.zeros(0, dtype=torch.long)),
+                     tmp_path / "empty.png", "no samples")
+    with pytest.raises(AssertionError, match="in colour"):
+        assert_picture(tmp_path / "empty.png", min_size=(500, 500), max_size=(1000, 1000))

@@ -4,7 +4,7 @@ from accelerate.utils import set_seed
 from cifar10_levels.checkpoint.io import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from cifar10_levels.models.factory import create_model, set_backbone_trainable
 
-from conftest import CLASS_NAMES
+from helpers.data import CLASS_NAMES
 
 
 def meta(arch: str, img_size: int = 32) -> CheckpointMeta:

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from cifar10_levels.checkpoint.io import load_checkpoint
 
-from conftest import train
+from helpers.commands import train
 
 # the smallest run that compiles every graph once: one batch size for training, one for evaluation
 TOY = ["--arch", "test_resnet", "--train-limit", "64", "--eval-limit", "20", "--batch-size", "20",

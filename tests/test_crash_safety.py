@@ -5,8 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,29 +15,8 @@ from cifar10_levels.checkpoint.io import read_meta
 from cifar10_levels.cli.train import train_main
 from cifar10_levels.checkpoint.run_dir import find_state_dir, replace_dir
 
-from conftest import ROOT, TINY_TRAIN, train
-
-RUN = "L1-test_resnet-s42"
-# 160 images in batches of 8: 20 steps an epoch, so a stop request (checked every 10) lands mid-epoch.
-SMALL = ["--arch", "test_resnet", "--train-limit", "160", "--batch-size", "8", "--lr", "1e-2", "1e-2"]
-
-
-def start_train(dataset: Path, out: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--dataset", str(dataset),
-                             "--output-dir", str(out), *TINY_TRAIN, *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for(proc: subprocess.Popen, condition, timeout: float = 300, poll: float = 0.002) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"train.py ended ({proc.returncode}) first:\n{proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for train.py")
-        time.sleep(poll)
+from helpers.commands import TINY_TRAIN, start_train, train, wait_for
+from helpers.runs import RUN, SMALL, check_every_file_loads
 
 
 def saving(run_dir: Path, prefix: str) -> list[str]:
@@ -66,27 +43,6 @@ def kill_while_saving(proc: subprocess.Popen, run_dir: Path, after_epochs: int, 
             proc.stdout.close()
             return caught
         proc.send_signal(signal.SIGCONT)
-
-
-def check_every_file_loads(run_dir: Path) -> None:
-    """What a user (or --resume, or ensemble.py) would open: all complete, all parseable."""
-    for path in run_dir.rglob("*"):
-        scratch = any(p.name.startswith(".") or p.name.endswith(".tmp")
-                      for p in path.relative_to(run_dir).parents if p.name) or path.name.startswith(".")
-        if scratch or not path.is_file() or path.parent.name.endswith(".tmp"):
-            continue
-        if path.suffix == ".safetensors":
-            load_file(path)
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix == ".jsonl":
-            [json.loads(line) for line in path.read_text().splitlines()]
-    state = find_state_dir(run_dir)
-    assert state is not None, sorted(p.name for p in run_dir.iterdir())
-    json.loads((state / "train_state.json").read_text())
-    load_file(state / "model.safetensors")
-    if (run_dir / "best.safetensors").exists():
-        read_meta(run_dir / "best.safetensors")
 
 
 def test_sigkill_while_saving_leaves_files_that_load_and_resume(tiny_cifar, tmp_path):

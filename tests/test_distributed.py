@@ -7,24 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_TRAIN
+
+from helpers.commands import ROOT, TINY_TRAIN, free_port
+from helpers.runs import history
 
 HELPERS = ROOT / "tests" / "distributed_helpers"
 BIN = Path(sys.executable).parent
 TIMEOUT = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(command: list, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -65,10 +60,6 @@ def two_process_run(tiny_cifar, tmp_path_factory):
 
 def digest(digests: Path, rank: int, epoch: int) -> dict:
     return json.loads((digests / f"rank{rank}-epoch{epoch}.json").read_text())
-
-
-def history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
 
 
 def test_two_processes_train_to_identical_weights(two_process_run):

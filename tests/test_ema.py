@@ -19,11 +19,8 @@ from cifar10_levels.checkpoint.io import read_meta
 from cifar10_levels.cli.train import train_main
 from cifar10_levels.errors import UserError
 
-from conftest import TINY_TRAIN
-from test_crash_safety import RUN, SMALL
-from test_resume import ema_state, history
-from test_update_steps import run_in_process
-from trained_runs import trained_run
+from helpers.commands import TINY_TRAIN, read_results, train
+from helpers.runs import RUN, SMALL, ema_state, history, trained_run
 
 EPOCHS = ["--epochs", "0", "2"]
 EMA = ["--ema", "0.9"]
@@ -63,8 +60,7 @@ def test_each_epoch_validates_the_ema_beside_the_raw_weights(ema_run):
     assert ema_weights.keys() == load_file(ema_run / "last.safetensors").keys()
 
 
-def test_best_checkpoint_holds_the_better_weights_and_says_which(tiny_cifar, tmp_path, monkeypatch,
-                                                                  capsys):
+def test_best_checkpoint_holds_the_better_weights_and_says_which(tiny_cifar, tmp_path, monkeypatch):
     """Validation accuracies set by the test: raw 50% in both epochs, the EMA 25% in epoch 1 (the raw
     weights win) and 75% in epoch 2 (the EMA wins). best.safetensors follows, tensors and metadata."""
     raw_accs, ema_accs, snapshots, files = [0.5, 0.5], [0.25, 0.75], [], []
@@ -94,8 +90,8 @@ def test_best_checkpoint_holds_the_better_weights_and_says_which(tiny_cifar, tmp
     monkeypatch.setattr(trainer, "evaluate", forced_raw)
     monkeypatch.setattr(ema_module.WeightEma, "evaluate", forced_ema)
     monkeypatch.setattr(trainer.Trainer, "save_checkpoint", recording_save)
-    results = run_in_process(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--tta", "2")
-    out = capsys.readouterr().out
+    out = train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--tta", "2").stdout
+    results = read_results(tmp_path)
 
     def equal(a: dict, b: dict) -> bool:
         return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from cifar10_levels.cli.ensemble import main as ensemble_main
-from conftest import CLASS_NAMES, run_cli, train
+from helpers.commands import run_cli, train
+from helpers.data import CLASS_NAMES
+from helpers.images import assert_picture
 
 # (arch, training size): three architectures, two resolutions
 MEMBERS = (("test_resnet", 32), ("test_efficientnet", 48), ("test_convnext", 32))
@@ -103,12 +105,12 @@ def test_votes_three_architectures_at_their_own_sizes(runs, tiny_cifar, tmp_path
     member_nll = sorted(round(nll(p.double()), 6) for p in probs)
     assert sorted(round(m["test_nll"], 6) for m in members) == member_nll
     assert "test NLL" in out and "test ECE" in out
-    assert (tmp_path / "ensemble_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_picture(tmp_path / "ensemble_reliability.png", min_size=(500, 500))
     matrix = results["pairwise_disagreement_test"]
     assert len(matrix) == 3 and all(matrix[i][i] == 0 for i in range(3))
     assert sum(map(sum, results["confusion_matrix"])) == 100
     assert list(results["per_class_acc"]) == CLASS_NAMES
-    assert (tmp_path / "ensemble_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_picture(tmp_path / "ensemble_confusion.png", min_size=(600, 500))
     # each member's val and test probabilities cached beside its checkpoint
     assert len(list(runs.rglob(".best.*.probs.safetensors"))) == 6
 

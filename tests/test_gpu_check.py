@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import ROOT
+from helpers.commands import ROOT
 
 
 def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path):

@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, TINY_TRAIN
-from test_distributed import free_port
+from helpers.commands import ROOT, TINY_TRAIN, free_port
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 

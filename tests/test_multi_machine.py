@@ -12,8 +12,7 @@ from pathlib import Path
 
 from cifar10_levels.checkpoint.io import load_checkpoint
 
-from conftest import ROOT, TINY_TRAIN
-from test_distributed import free_port
+from helpers.commands import ROOT, TINY_TRAIN, free_port
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 # 320 images in batches of 8 over 2 processes: 20 steps an epoch, a stop request lands mid-epoch
@@ -38,10 +37,10 @@ def start_machines(dataset: Path, root: Path, *args: str) -> list[subprocess.Pop
     return procs
 
 
-def finish(procs: list[subprocess.Popen], expected: int = 0) -> list[str]:
+def finish(procs: list[subprocess.Popen], expected: tuple[int, ...] = (0,)) -> list[str]:
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
-        assert p.returncode == expected, out[-4000:]
+        assert p.returncode in expected, out[-4000:]
     return outputs
 
 
@@ -60,7 +59,9 @@ def test_two_machines_without_a_shared_disk_train_stop_and_resume(tiny_cifar, tm
         time.sleep(0.05)
     for p in procs:
         p.send_signal(signal.SIGTERM)
-    outputs = finish(procs, expected=1)  # the launcher reports 143 from its process as 1
+    # the launcher reports its process's 143 as 1, or, when the signal reaches its own handler
+    # first, stops the process and exits 143 itself: which one comes first is the launcher's race
+    outputs = finish(procs, expected=(1, 143))
     assert "hardware: 2 CPU process(es)" in outputs[0]  # one group of two, not two runs alone
     assert "stopped: state saved" in outputs[0]
     for rank in (0, 1):

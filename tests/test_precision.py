@@ -17,7 +17,7 @@ from cifar10_levels.train import trainer
 from cifar10_levels.cli.train import train_main
 from cifar10_levels.recipes import get_recipe
 
-from conftest import TINY_TRAIN
+from helpers.commands import TINY_TRAIN
 
 # 160 images in batches of 8: 20 optimizer steps in one epoch
 SMALL = ["--arch", "test_resnet", "--train-limit", "160", "--eval-limit", "20", "--batch-size", "8",

@@ -20,7 +20,7 @@ from cifar10_levels.runtime.precision_probe import BF16_MIN_SPEEDUP, CACHE_FILE,
 from cifar10_levels.recipes import get_recipe
 from cifar10_levels.runtime.step_timing import StepCost, step_cost, untouched_rng
 
-from conftest import FP32, TINY_TRAIN
+from helpers.commands import FP32, TINY_TRAIN
 
 MEASURED = [a for a in TINY_TRAIN if a not in FP32]  # no --mixed-precision: the run measures
 

@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
-from trained_runs import trained_run
+from helpers.commands import ROOT, console_scripts
+from helpers.runs import trained_run
 
 
-def cli(module, *args):
-    return subprocess.run([sys.executable, "-m", f"cifar10_levels.{module}", *map(str, args)], cwd=ROOT,
+def cli(command, *args):
+    """`cifar10-COMMAND ARGS` as `python -m` of the console script's module: this checkout's code."""
+    module = console_scripts()[f"cifar10-{command}"].partition(":")[0]
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
                           env=dict(os.environ), capture_output=True, text=True, timeout=600)
 
 

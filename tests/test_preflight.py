@@ -10,7 +10,7 @@ from timm.models import get_pretrained_cfg
 from cifar10_levels.data.cifar10 import load_cifar10
 from cifar10_levels.data.checks import dataset_problem
 
-from conftest import run_cli
+from helpers.commands import run_cli
 
 README_CONFIGS = """---
 configs:

@@ -2,8 +2,8 @@
 import torch
 from safetensors.torch import load_file
 
-from conftest import train
-from trained_runs import trained_run
+from helpers.commands import train
+from helpers.runs import trained_run
 
 
 def test_resnet_checkpoint_as_pretrained_file(tiny_cifar, tmp_path_factory, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers.commands import ROOT
 
 from cifar10_levels.tracking.results_table import target_met
 

@@ -16,10 +16,9 @@ from cifar10_levels.checkpoint.run_dir import find_state_dir
 from cifar10_levels.train.checkpoint_timer import CheckpointTimer
 from cifar10_levels.train.step_hooks import StopFlag
 
-from conftest import train
-from test_crash_safety import RUN, SMALL, check_every_file_loads, start_train, wait_for
-from test_resume import EMA, EPOCHS, ema_state, history, outcome, same_tensors
-from trained_runs import trained_run
+from helpers.commands import start_train, train, wait_for
+from helpers.runs import EMA, EPOCHS, RUN, SMALL, check_every_file_loads, ema_state, history, outcome, \
+    same_tensors, trained_run
 
 AUTO = ["--resume", "auto"]
 TOY = ["--arch", "test_resnet", "--lr", "1e-2", "1e-2"]

@@ -14,39 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from cifar10_levels.cli.train import train_main
 
-from cifar10_levels.train.ema import EMA_STATE_FILE
-
-from conftest import TINY_TRAIN, train
-from test_crash_safety import RUN, SMALL, check_every_file_loads, start_train, wait_for
-from trained_runs import trained_run
-
-EPOCHS = ["--epochs", "0", "3"]
-EMA = ["--ema", "0.9"]     # trained_runs' "small_ema" run is SMALL + EPOCHS + EMA
-
-
-def history(run_dir: Path) -> list[dict]:
-    path = run_dir / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def outcome(run_dir: Path) -> dict:
-    """What must match between two runs of the same recipe and seed."""
-    results = json.loads((run_dir / "results.json").read_text())
-    return {"test_acc": results["test_acc"], "best_val_acc": results["best_val_acc"],
-            "best_epoch": results["best_epoch"],
-            "val_acc": [h["val_acc"] for h in history(run_dir)],
-            "train_loss": [h["train_loss"] for h in history(run_dir)]}
-
-
-def same_tensors(a: Path, b: Path) -> bool:
-    ta, tb = load_file(a), load_file(b)
-    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
-
-
-def ema_state(run_dir: Path) -> dict:
-    """The EMA as save_state wrote it (a file of our own run: tensors and an int only)."""
-    return torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)
-
+from helpers.commands import TINY_TRAIN, start_train, train, wait_for
+from helpers.runs import EMA, EPOCHS, RUN, SMALL, check_every_file_loads, ema_state, history, outcome, \
+    same_tensors, trained_run
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_cifar, tmp_path_factory) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cifar10_levels.cli.train import train_main
 
-from conftest import ROOT, TINY_TRAIN, run_cli, train
+from helpers.commands import ROOT, TINY_TRAIN, run_cli, train
 
 TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2"]
 

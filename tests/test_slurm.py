@@ -1,4 +1,4 @@
-"""slurm/train.sbatch on a real two-node Slurm cluster started on this host (tests/slurm_cluster.py):
+"""slurm/train.sbatch on a real two-node Slurm cluster started on this host (tests/helpers/slurm.py):
 one task per node runs `accelerate launch`, the two CPU processes train over gloo and write one result;
 a job preempted mid-epoch saves, requeues itself and ends with the uninterrupted job's weights, in the
 same W&B run."""
@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_TRAIN
-from slurm_cluster import SlurmCluster, slurm  # noqa: F401  (the fixture)
-from test_distributed import free_port
-from test_resume import same_tensors
-from test_tracking import read_wandb_run
+from helpers.commands import ROOT, TINY_TRAIN, free_port
+from helpers.runs import same_tensors
+from helpers.slurm import SlurmCluster
+from helpers.wandb_runs import read_wandb_run
 
 SBATCH = ROOT / "slurm" / "train.sbatch"
 RUN = "L1-test_resnet-s42"

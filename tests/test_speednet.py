@@ -14,7 +14,7 @@ from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.models.speednet import SpeedNet, whitening_filters
 from cifar10_levels.optim.muon import muon_with_sgd
-from conftest import run_cli, train
+from helpers.commands import run_cli, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
 

@@ -26,7 +26,7 @@ from cifar10_levels.recipes import get_recipe
 from cifar10_levels.runtime.time_budget import RESERVE_FRACTION, BudgetPlan, RunCosts, TrainingLength, \
     phase_steps, training_seconds
 
-from conftest import TINY_TRAIN
+from helpers.commands import TINY_TRAIN
 
 REAL_MEASUREMENT = time_budget_probe.measure_costs
 RUN = "L1-test_resnet-s42"

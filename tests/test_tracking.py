@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import http.server
 import json
-import struct
 import sys
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from conftest import ROOT, train
+from helpers.commands import ROOT, train
+from helpers.images import assert_picture
+from helpers.wandb_runs import offline_run
 
 from cifar10_levels.tracking.trackers import flat_config
 from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode
@@ -20,71 +19,6 @@ from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode
 # A run with mistakes left (so the misclassified grid is filled) and >= 50 steps (one step log).
 RUN_FLAGS = ["--arch", "test_resnet", "--epochs", "1", "1", "--lr", "1e-2", "1e-3",
              "--batch-size", "8", "--tta", "2", "--log-checkpoint"]
-
-
-# ---- reading W&B's offline run file (leveldb-log framing of protobuf Records) -------------------
-@dataclass
-class WandbRun:
-    name: str = ""
-    project: str = ""
-    group: str = ""
-    tags: list[str] = field(default_factory=list)
-    config: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    summary: dict = field(default_factory=dict)
-    artifacts: list[str] = field(default_factory=list)
-    exited: bool = False
-
-
-def _items(items) -> dict:
-    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
-
-
-def read_wandb_run(path: Path) -> WandbRun:
-    """Parse a run-*.wandb file the way wandb's own reader does (7-byte header, 32 KiB blocks)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert struct.unpack("<4sHB", data[:7])[:2] == (b":W&B", 0xBEE1)
-    out, pos, pending = WandbRun(), 7, b""
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:
-            pos += 32768 - pos % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        pending += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind not in (1, 4):  # FULL or LAST chunk ends a record
-            continue
-        record = pb.Record()
-        record.ParseFromString(pending)
-        pending = b""
-        which = record.WhichOneof("record_type")
-        if which == "run":
-            out.name, out.project = record.run.display_name, record.run.project
-            out.group, out.tags = record.run.run_group, list(record.run.tags)
-        elif which == "config":
-            out.config.update(_items(record.config.update))
-        elif which == "history":
-            out.history.append(_items(record.history.item))
-        elif which == "summary":
-            out.summary.update(_items(record.summary.update))
-        elif which == "artifact":
-            out.artifacts.append(record.artifact.name)
-        elif which == "exit":
-            out.exited = True
-    return out
-
-
-def offline_run(run_dir: Path) -> WandbRun:
-    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 1, f"expected one offline W&B run under {run_dir}, found {files}"
-    run = read_wandb_run(files[0])
-    # read as soon as the process ended: the file must be whole by then, ready for `wandb sync`
-    assert run.exited, f"{files[0]} has no exit record: W&B had not finished writing it"
-    return run
 
 
 def no_account(mp: pytest.MonkeyPatch, home: Path) -> None:
@@ -178,13 +112,7 @@ def test_local_files_history_and_readable_plots(logged_run):
     assert [json.loads(line)["phase"] for line in lines] == ["head", "full"]
     for name, min_size in (("curves.png", (900, 350)), ("confusion.png", (600, 500)),
                            ("per_class.png", (600, 400))):
-        with Image.open(run_dir / name) as image:
-            image.verify()
-        with Image.open(run_dir / name) as image:
-            assert image.format == "PNG"
-            assert min_size[0] <= image.width <= 2000 and min_size[1] <= image.height <= 1500
-            colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-            assert len(colours) > 50, f"{name} looks empty"
+        assert_picture(run_dir / name, min_size)
 
 
 def test_flat_config_has_only_scalars():

@@ -1,14 +1,12 @@
 """train.py end to end on the tiny fixture, as a user runs it."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli, train
+from helpers.commands import run_cli, train
 
 # Each level's recipe (augmentation, smoothing, Mixup/CutMix, TTA) with the tiny model that learns
 # structured_cifar in 1 + 4 epochs; test_efficientnet and test_convnext train in test_ensemble.py.
@@ -68,19 +66,6 @@ def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar
             assert not torch.equal(value, after[key]), "the head must train in phase 1"
         else:
             assert torch.equal(value, after[key]), f"{key} changed during the head-only phase"
-
-
-def test_help_answers_without_importing_torch():
-    code = ("import sys; from cifar10_levels.cli.train import train_parser; "
-            "train_parser().format_help(); print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.stdout.strip() == "False"
-    help_text = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"],
-                               capture_output=True, text=True).stdout
-    for flag in ("--level", "--arch", "--img-size", "--epochs", "--lr", "--batch-size",
-                 "--weight-decay", "--seed", "--no-pretrained", "--pretrained-file", "--output-dir",
-                 "--train-limit", "--eval-limit", "--resume", "--dataset"):
-        assert flag in help_text
 
 
 def test_pretrained_without_network_fails_fast_with_a_fix(tiny_cifar, tmp_path):

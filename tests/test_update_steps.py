@@ -17,7 +17,7 @@ from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.optim.factory import build_optimizer, build_scheduler
 from cifar10_levels.recipes import get_recipe
 
-from conftest import TINY_TRAIN
+from helpers.commands import read_results, train
 
 BATCHES, ACCUM = 20, 3          # 160 images in batches of 8; accumulation over 3 of them
 STEPS_PER_EPOCH = math.ceil(BATCHES / ACCUM)  # the last, shorter accumulation steps too
@@ -28,23 +28,6 @@ ARGS = ["--arch", "test_resnet", "--train-limit", "160", "--eval-limit", "20", "
         "--epochs", "1", "1", "--lr", *map(str, LRS), "--grad-accum", str(ACCUM), "--ema", "0.5",
         "--clip-grad", str(CLIP), "--warmup-epochs", str(WARMUP_EPOCHS), "--no-decay-norm-bias",
         "--mixed-precision", "no"]  # no precision probe: its timed steps on a copy would count too
-
-
-def reset_accelerate() -> None:
-    """In-process runs before and after this one may ask for other precisions or accumulation."""
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def run_in_process(dataset: Path, out: Path, *args: str) -> dict:
-    reset_accelerate()
-    try:
-        assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *args]) == 0
-    finally:
-        reset_accelerate()
-    (results,) = out.glob("*/results.json")
-    return json.loads(results.read_text())
 
 
 def recorded_run(dataset: Path, out: Path, *args: str) -> dict:
@@ -82,7 +65,8 @@ def recorded_run(dataset: Path, out: Path, *args: str) -> dict:
         patch.setattr(Accelerator, "clip_grad_norm_", recording_clip)
         patch.setattr(ModelEmaV3, "update", recording_update)
         patch.setattr(trainer.Trainer, "finish", recording_finish)
-        seen["results"] = run_in_process(dataset, out, *args)
+        train(dataset, out, *args)
+    seen["results"] = read_results(out)
     seen["run_dir"] = next(out.glob("*/results.json")).parent
     return seen
 
@@ -213,10 +197,10 @@ def test_resume_between_the_phases_restores_the_ema_bit_for_bit(accumulated, tin
 
     from cifar10_levels.train.ema import EMA_STATE_FILE
 
-    run_in_process(tiny_cifar, tmp_path, *ARGS, "--epochs", "1", "0")
+    train(tiny_cifar, tmp_path, *ARGS, "--epochs", "1", "0")
     run_dir, expected_dir = next(tmp_path.glob("*/results.json")).parent, accumulated["run_dir"]
     assert torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)["updates"] == STEPS_PER_EPOCH
-    run_in_process(tiny_cifar, tmp_path, *ARGS, "--resume")
+    train(tiny_cifar, tmp_path, *ARGS, "--resume")
     resumed, expected = (torch.load(d / "state" / EMA_STATE_FILE, weights_only=True)
                          for d in (run_dir, expected_dir))
     assert resumed["updates"] == expected["updates"] == 2 * STEPS_PER_EPOCH

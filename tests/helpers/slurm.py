@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 COMMANDS = ("sbatch", "scontrol", "squeue", "sinfo", "scancel")
@@ -191,15 +190,3 @@ def start_cluster(root: Path):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    """A two-node Slurm cluster on localhost, for the whole session."""
-    reason = missing_reason()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Slurm tests cannot run: {reason}; CI must run them (.ci/run installs "
-                        "slurm-wlm and munge)")
-        pytest.skip(f"Slurm tests skipped: {reason}")
-    yield from start_cluster(tmp_path_factory.mktemp("slurm"))

@@ -1,0 +1,142 @@
+"""Running the commands as a user does: train.py in this process or a new one, a free port for
+launchers, and any command's `--help` with the heavy libraries it imported."""
+from __future__ import annotations
+
+import configparser
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[2]
+# fp32 unless a test says otherwise: the CPU precision probe (tests/test_precision_probe.py) would time
+# each new model and batch shape once more
+FP32 = ["--mixed-precision", "no"]
+TINY_TRAIN = ["--no-pretrained", "--img-size", "32", "--batch-size", "32", "--no-progress",
+              "--report-to", "none", *FP32]
+# what `--help` must not import: each costs seconds before the first line
+HEAVY_LIBRARIES = ("accelerate", "datasets", "timm", "torch")
+
+
+def run_cli(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run train.py / ensemble.py exactly as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def reset_accelerate() -> None:
+    """Accelerate keeps its state per process: an in-process run must neither see nor leave one."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def train_in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """train.py's own entry point (`train_main`) in this process, its output and exit code captured:
+    the same code as the command without paying a new interpreter's imports (~4 s) on every run."""
+    from cifar10_levels.cli.train import train_main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    reset_accelerate()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        try:
+            code = train_main(argv)
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            reset_accelerate()
+    return subprocess.CompletedProcess(["train.py", *argv], code, stdout.getvalue(), stderr.getvalue())
+
+
+def train(dataset: Path, out: Path, *args: str, env: dict | None = None, check: bool = True,
+          new_process: bool = False, probe_precision: bool = False) -> subprocess.CompletedProcess:
+    """A tiny training run: in this process, or as the real command where the environment is part of
+    the test (`env`) or `new_process` asks for it; `probe_precision`: no --mixed-precision, so the run
+    measures its precision as a user's run on a CPU does."""
+    tiny = [a for a in TINY_TRAIN if a not in FP32] if probe_precision else TINY_TRAIN
+    argv = ["--dataset", dataset, "--output-dir", out, *tiny, *args]
+    if env is None and not new_process:
+        result = train_in_process([str(a) for a in argv])
+    else:
+        result = run_cli("train.py", *argv, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"train.py failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_results(out: Path) -> dict:
+    """The results.json of the one run under an output directory."""
+    (results,) = out.glob("*/results.json")
+    return json.loads(results.read_text())
+
+
+def start_train(dataset: Path, out: Path, *args: str) -> subprocess.Popen:
+    """train.py in a new process that the test can signal while it runs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--dataset", str(dataset),
+                             "--output-dir", str(out), *TINY_TRAIN, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, condition: Callable[[], object], timeout: float = 300,
+             poll: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"train.py ended ({proc.returncode}) first:\n{proc.stdout.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for train.py")
+        time.sleep(poll)
+
+
+def free_port() -> int:
+    """A port no other run holds, for a launcher's rendezvous (29500 may be taken)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.cfg's console scripts: name -> 'module:function'."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    lines = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
+
+
+@dataclass
+class HelpRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    heavy: list[str] | None  # the HEAVY_LIBRARIES it imported; None: it crashed before saying
+
+
+def command_help(kind: str, target: str, name: str | None = None) -> HelpRun:
+    """`name --help` in a new interpreter, as a user types it: kind "entry" (a console script's
+    'module:function'), "script" (train.py at the root) or "module" (`python -m target`)."""
+    module, _, function = target.partition(":")
+    run = {"entry": f"from {module} import {function}; sys.exit({function}())",
+           "script": f"runpy.run_path({str(ROOT / target)!r}, run_name='__main__')",
+           "module": f"runpy.run_module({target!r}, run_name='__main__', alter_sys=True)"}[kind]
+    code = (f"import json, runpy, sys\nsys.argv = [{name or target!r}, '--help']\ncode = 0\n"
+            f"try:\n    {run}\nexcept SystemExit as exit_:\n    code = exit_.code\n"
+            f"heavy = sorted(set({list(HEAVY_LIBRARIES)!r}) & set(sys.modules))\n"
+            "print('heavy imports:', json.dumps(heavy), file=sys.stderr)\nsys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    *lines, last = done.stderr.splitlines() or [""]
+    if not last.startswith("heavy imports: "):
+        return HelpRun(done.returncode, done.stdout, done.stderr, None)
+    return HelpRun(done.returncode, done.stdout, "\n".join(lines), json.loads(last.split(": ", 1)[1]))
