@@ -23,7 +23,7 @@ ALLOWED = {
     "data": set(),
     "models": set(),
     "optim": set(),
-    "evaluation": {"data", "models"},
+    "evaluation": {"data", "models", "checkpoint"},   # a checkpoint's metadata says how to evaluate it
     "checkpoint": {"models"},
     "tracking": {"evaluation", "checkpoint", "data"},
     "runtime": {"data", "models", "optim", "tracking"},
