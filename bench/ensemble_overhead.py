@@ -24,7 +24,7 @@ from cifar10_levels.data.cifar10 import ImageSet  # noqa: E402
 from cifar10_levels.cli.ensemble import format_report  # noqa: E402
 from cifar10_levels.ensemble.evaluation import evaluate_member  # noqa: E402
 from cifar10_levels.ensemble.members import Member, member_labels  # noqa: E402
-from cifar10_levels.ensemble.votes import build_report  # noqa: E402
+from cifar10_levels.ensemble.report import build_report  # noqa: E402
 from cifar10_levels.models.factory import create_model  # noqa: E402
 from cifar10_levels.recipes import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 

@@ -1,9 +1,9 @@
 """`python ensemble.py --weights ckpts/`: evaluate each checkpoint once, then compare votes.
 
 The command line: flags, the order of the steps, and what is printed and saved. Every check on the
-inputs runs before anything is evaluated or written, so bad input leaves no files behind. Finding
-members: ensemble_members; cached probabilities: ensemble_cache; evaluation: ensemble_evaluation;
-votes: ensemble_votes; W&B/TensorBoard: ensemble_tracking.
+inputs runs before anything is evaluated or written, so bad input leaves no files behind. The work is
+in the ensemble/ folder: members.py finds them, cache.py keeps their probabilities, evaluation.py
+evaluates them, voting.py and report.py vote and compare, tracking.py logs to W&B/TensorBoard.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..recipes import MAX_IMG_SIZE, MIN_IMG_SIZE
 # parse, so --help stays instant
 if TYPE_CHECKING:
     from ..ensemble.evaluation import MemberEval
-    from ..ensemble.votes import EnsembleReport
+    from ..ensemble.report import EnsembleReport
 
 
 def ensemble_parser() -> argparse.ArgumentParser:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..ensemble.evaluation import evaluate_members
     from ..ensemble.members import find_checkpoints, member_labels, read_members
     from ..ensemble.tracking import log_report
-    from ..ensemble.votes import build_report
+    from ..ensemble.report import build_report
     from ..tracking.hardware import hardware_name
     from ..evaluation.inference import make_accelerator
     from ..evaluation.tta import check_tta, fewest_views

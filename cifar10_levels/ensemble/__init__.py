@@ -6,5 +6,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "evaluation": ("MemberEval", "evaluate_members",),
     "members": ("find_checkpoints", "member_labels", "read_members",),
     "tracking": ("log_report",),
-    "votes": ("EnsembleReport", "build_report",),
+    "report": ("EnsembleReport", "build_report",),
 })

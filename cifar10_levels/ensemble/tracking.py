@@ -7,7 +7,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from .votes import EnsembleReport
+from .report import EnsembleReport
 from ..tracking.environment import git_commit, package_versions
 from ..tracking.results_table import markdown_table
 from ..tracking.trackers import finish_trackers, start_trackers, tracker_names, wandb_init_kwargs
