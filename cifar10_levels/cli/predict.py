@@ -36,7 +36,7 @@ def predict_parser() -> argparse.ArgumentParser:
                         "first path that is none of these starts them")
     p.add_argument("--top-k", type=positive(int), default=3, metavar="K", help="classes shown per image")
     p.add_argument("--tta", type=non_negative_int, default=1, metavar="N",
-                   help="test-time augmentation views (flips and 2 px shifts; 1 = off)")
+                   help="test-time augmentation views, from the scheme the checkpoint records (1 = off)")
     p.add_argument("--vote", choices=VOTES, default="soft",
                    help="ensemble vote: soft = mean probability; majority = most members' top-1 "
                         "(ties by summed probability); weighted = mean weighted by each member's "
