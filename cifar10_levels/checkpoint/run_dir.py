@@ -10,7 +10,7 @@ from .meta import BEST_NAME, LAST_NAME
 STATE_DIR = "state"     # Accelerate's save_state + train_state.json, for --resume
 # Any of these in a directory means a run (finished or not) lives there.
 RUN_FILES = (BEST_NAME, LAST_NAME, "results.json", "history.jsonl",
-             "state", "state.old", "state.tmp")
+             STATE_DIR, STATE_DIR + ".old", STATE_DIR + ".tmp")
 
 
 def run_name(recipe: Recipe, explicit: str | None = None) -> str:
