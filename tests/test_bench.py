@@ -159,3 +159,32 @@ def test_tta_views_scores_each_scheme_on_kept_checkpoints(tiny_cifar, tmp_path_f
                    "airbench, 6 views: 1 px reflect shifts, weights 1/4 1/4 1/8 x4, logits"):
         row = table_row(out, scheme)
         assert len(row) == 4 and all(0 <= leading_number(c) <= 100 for c in row[1:])
+
+
+def test_side_by_side_runs_ours_and_another_command_and_prints_ratios(tiny_cifar, tmp_path):
+    # the "other recipe" stands in as a one-liner that reports its seed's accuracy in percent
+    other = (f"{sys.executable} -c \"import sys; print('seed', sys.argv[1], 'test acc: 40.00%')\" {{seed}}")
+    out = bench("side_by_side.py", "--dataset", tiny_cifar, "--seeds", "3", "4", "--other", other,
+                "--other-accuracy", r"test acc: ([0-9.]+)%", "--ours-metric", "plain",
+                "--log-dir", tmp_path, "--", "--arch", "test_resnet", "--img-size", "32",
+                "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1", "--lr", "1e-2", "1e-2")
+    assert "hardware:" in out and "ours: train.py --arch test_resnet" in out
+    assert (tmp_path / "other-seed4.log").read_text().startswith("seed 4 ")
+    for seed, order in (("3", "ours first"), ("4", "other first")):
+        row = table_row(out, seed)
+        assert row[1] == order and row[3] == "40.00%"
+        ours_acc = leading_number(row[2]) / 100
+        assert leading_number(row[6]) == pytest.approx(ours_acc / 0.40, abs=1e-4)
+        assert_measured(row[4], row[5], row[7])
+    assert "mean (2 seeds)" in out
+
+
+def test_side_by_side_names_the_flag_when_the_accuracy_is_not_in_the_output(tiny_cifar):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "side_by_side.py"), "--dataset", tiny_cifar,
+                           "--other", f"{sys.executable} -c \"print('done')\"", "--other-accuracy", r"acc ([0-9.]+)",
+                           "--ours-metric", "plain", "--", "--arch", "test_resnet", "--img-size", "32", "--batch-size", "32",
+                           "--no-pretrained", "--epochs", "0", "1", "--train-limit", "64", "--eval-limit", "64"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert done.returncode != 0
+    assert "--other-accuracy 'acc ([0-9.]+)': no match in the other command's output" in done.stderr

@@ -142,8 +142,6 @@ class Trainer:
         self.store.save_state(self.state)
         if self.checkpoint_timer is not None:
             self.checkpoint_timer.saved()
-        if self.checkpoint_timer is not None:
-            self.checkpoint_timer.saved()
 
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
