@@ -188,3 +188,24 @@ def test_side_by_side_names_the_flag_when_the_accuracy_is_not_in_the_output(tiny
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert done.returncode != 0
     assert "--other-accuracy 'acc ([0-9.]+)': no match in the other command's output" in done.stderr
+
+
+def test_shifted_weight_grad_conv_matches_autograd(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from fast_step_levers import ShiftedWeightGradConv
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, 7, dtype=torch.float64).to(memory_format=torch.channels_last)
+    weight = torch.randn(4, 5, 3, 3, dtype=torch.float64)
+    grad = torch.randn(3, 4, 7, 7, dtype=torch.float64)
+    ours_x, ours_w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    ShiftedWeightGradConv.apply(ours_x, ours_w).backward(grad)
+    ref_x, ref_w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    F.conv2d(ref_x, ref_w, padding=1).backward(grad)
+    torch.testing.assert_close(ours_w.grad, ref_w.grad)
+    torch.testing.assert_close(ours_x.grad, ref_x.grad)
+
+
+def test_fast_step_levers_prints_each_candidate_against_the_baseline():
+    out = bench("fast_step_levers.py", "--batch", "16", "--repeats", "1", "--sizes", "24")
+    for name in ("baseline: 32 px, oneDNN", "24 px training images", "shifted weight grad (convs at <= 7 px)"):
+        assert_measured(*table_row(out, name)[1:3])
