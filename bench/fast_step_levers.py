@@ -1,6 +1,6 @@
 """Levers on the fast recipe's training step on this CPU, as ratios against the plain step run in the
 same rounds: smaller training images (progressive resizing), weight gradients of the small convs as
-shifted matmuls, and torch.compile.
+shifted matmuls, narrower conv groups, and torch.compile.
 
     python bench/fast_step_levers.py --repeats 5            # add --compile for torch.compile (~1 min)
 
@@ -85,24 +85,34 @@ def make_step(base, batch: int, px: int, conv_forward: Callable, compiled: bool 
     return step, first
 
 
+def initialised_net(widths: tuple[int, ...], batch: int):
+    torch.manual_seed(0)
+    net = speednet.cifar_speednet(num_classes=10, widths=tuple(widths))
+    net.init_from_data(torch.randint(0, 256, (max(batch, 64), 3, 32, 32), dtype=torch.uint8))
+    return net.to(memory_format=torch.channels_last)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--repeats", type=int, default=5, help="rounds (each times every candidate once)")
     p.add_argument("--sizes", type=int, nargs="*", default=[28, 24], help="smaller training sizes (px)")
+    p.add_argument("--widths", nargs="*", default=["64,192,192", "48,160,160"],
+                   help="narrower conv-group widths to time, each as A,B,C (the recipe's: 64,256,256)")
     p.add_argument("--shifted-max-px", type=int, default=7)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time shown apart)")
     args = p.parse_args()
     print(environment_header())
-    torch.manual_seed(0)
-    base = speednet.cifar_speednet(num_classes=10)
-    base.init_from_data(torch.randint(0, 256, (max(args.batch, 64), 3, 32, 32), dtype=torch.uint8))
-    base = base.to(memory_format=torch.channels_last)
+    base = initialised_net(speednet.WIDTHS, args.batch)
     plain_forward = speednet.IdentityConv.forward
     candidates, notes = {}, {}
     candidates["baseline: 32 px, oneDNN"], _ = make_step(base, args.batch, 32, plain_forward)
     for px in args.sizes:
         candidates[f"{px} px training images"], _ = make_step(base, args.batch, px, plain_forward)
+    for spec in args.widths:
+        widths = tuple(int(w) for w in spec.split(","))
+        candidates[f"widths {'/'.join(map(str, widths))}"], _ = make_step(
+            initialised_net(widths, args.batch), args.batch, 32, plain_forward)
     candidates[f"shifted weight grad (convs at <= {args.shifted_max_px} px)"], _ = make_step(
         base, args.batch, 32, shifted_forward(args.shifted_max_px))
     if args.compile:

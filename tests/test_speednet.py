@@ -12,8 +12,8 @@ from cifar10_levels.checkpoint.io import CheckpointMeta, load_checkpoint, save_c
 from cifar10_levels.data.cifar10 import load_cifar10
 from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
-from cifar10_levels.models.speednet import SpeedNet, whitening_filters
-from cifar10_levels.optim.muon import muon_with_sgd
+from cifar10_levels.models.speednet import VARIANTS, SpeedNet, whitening_filters
+from cifar10_levels.optim.muon import MUON_ARCHS, muon_with_sgd
 from helpers.commands import run_cli, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
@@ -95,18 +95,37 @@ def test_optimizer_state_round_trips():
     assert not torch.equal(after["groups.0.conv1.weight"], saved_model["groups.0.conv1.weight"])
 
 
-def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
-    model = create_model("cifar_speednet", num_classes=10)
+def conv_widths(model: SpeedNet) -> tuple[int, ...]:
+    return tuple(group.conv2.out_channels for group in model.groups)
+
+
+def test_narrower_variants_have_their_widths_and_the_fast_optimizer():
+    assert MUON_ARCHS == tuple(VARIANTS)  # the fast recipe's optimizer knows every variant
+    sizes = []
+    for variant, widths in VARIANTS.items():
+        model = timm.create_model(variant, num_classes=10)
+        assert conv_widths(model) == widths and model.num_features == widths[-1]
+        assert model.pretrained_cfg["architecture"] == variant
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+        assert len(muon_with_sgd(model, 0.17, 0.001, batch_size=8).param_groups) == 3
+        sizes.append(sum(p.numel() for p in model.parameters()))
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] == EXPECTED_PARAMS
+
+
+@pytest.mark.parametrize("arch", list(VARIANTS))
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, arch):
+    model = create_model(arch, num_classes=10)
     model.init_from_data(smooth_images())
     with torch.no_grad():
         model.train()(torch.randn(16, 3, 32, 32))  # move the BN running statistics
     model.eval()
     recipe = get_recipe("fast")
-    meta = CheckpointMeta(arch=recipe.arch, level=recipe.level, img_size=32, num_classes=10,
+    meta = CheckpointMeta(arch=arch, level=recipe.level, img_size=32, num_classes=10,
                           class_names=[str(i) for i in range(10)], mean=list(recipe.mean),
                           std=list(recipe.std), seed=0, epoch=1, val_acc=0.5)
     save_checkpoint(tmp_path / "best.safetensors", model.state_dict(), meta)
     loaded, _ = load_checkpoint(tmp_path / "best.safetensors")
+    assert conv_widths(loaded) == VARIANTS[arch]
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

@@ -18,7 +18,7 @@ from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode
 
 # A run with mistakes left (so the misclassified grid is filled) and >= 50 steps (one step log).
 RUN_FLAGS = ["--arch", "test_resnet", "--epochs", "1", "1", "--lr", "1e-2", "1e-3",
-             "--batch-size", "8", "--tta", "2", "--log-checkpoint"]
+             "--batch-size", "8", "--tta", "2", "--log-checkpoint", "--checkpoint-every", "1h"]
 
 
 def no_account(mp: pytest.MonkeyPatch, home: Path) -> None:
@@ -57,6 +57,7 @@ def test_wandb_run_names_config_and_summary_match_results(logged_run):
     assert run.config["data"] == {"source": results["dataset"], "train": 360, "val": 40, "test": 100,
                                   "train_limit": None, "eval_limit": None}
     assert run.config["hardware"]["num_processes"] == 1
+    assert run.config["checkpoint_every"] == results["checkpoint_every"] == 3600
     assert {"torch", "timm", "accelerate", "wandb"} <= set(run.config["versions"])
     assert "git_commit" in run.config
     # the CPU's fp32/bf16 speeds that chose the precision, as in results.json

@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..recipes import CIFAR10_MEAN, CIFAR10_STD
 
 WIDTHS = (64, 256, 256)
+VARIANTS = {"cifar_speednet": WIDTHS, "cifar_speednet_m": (64, 192, 192), "cifar_speednet_s": (48, 160, 160)}
 WHITEN_KERNEL = 2
 WHITEN_EPS = 5e-4
 WHITEN_PATCH_IMAGES = 5000     # images whose patches estimate the covariance (deterministic: the first N)
@@ -123,14 +124,28 @@ class SpeedNet(nn.Module):
 
 
 # input_size and normalization of the fast recipe, so a Hub export records them
-default_cfgs = generate_default_cfgs({"cifar_speednet": dict(
+default_cfgs = generate_default_cfgs({variant: dict(
     num_classes=10, input_size=(3, 32, 32), pool_size=None, crop_pct=1.0, interpolation="bilinear",
     mean=CIFAR10_MEAN, std=CIFAR10_STD, first_conv="whiten_bias", classifier="head",
-    license="mit")})
+    license="mit") for variant in VARIANTS})
 
 
 def has_weights_source(cfg) -> bool:
     return bool(cfg.file or cfg.hf_hub_id or cfg.url or cfg.state_dict)
+
+
+def _build(variant: str, pretrained: bool, kwargs: dict) -> SpeedNet:
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    if pretrained and not has_weights_source(cfg):
+        raise UserError(f"{variant} has no published pretrained weights; train it with --level "
+                        f"fast, or pass --pretrained-file with a {variant} checkpoint")
+    allowed = {k: kwargs[k] for k in ("num_classes", "in_chans", "widths", "pretrained_cfg",
+                                      "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
+               if k in kwargs}
+    allowed.setdefault("widths", VARIANTS[variant])
+    model = build_model_with_cfg(SpeedNet, variant, pretrained, **allowed)
+    model.whiten_from_data = not pretrained  # loaded weights bring their own whitening layer
+    return model
 
 
 @register_model
@@ -139,14 +154,16 @@ def cifar_speednet(pretrained: bool = False, **kwargs) -> SpeedNet:
 
     pretrained=True needs weights of ours: --pretrained-file, or a Hub export ("local-dir:" / "hf-hub:").
     """
-    cfg = resolve_pretrained_cfg("cifar_speednet", kwargs.get("pretrained_cfg"),
-                                 kwargs.get("pretrained_cfg_overlay"))
-    if pretrained and not has_weights_source(cfg):
-        raise UserError("cifar_speednet has no published pretrained weights; train it with --level "
-                        "fast, or pass --pretrained-file with a cifar_speednet checkpoint")
-    allowed = {k: kwargs[k] for k in ("num_classes", "in_chans", "widths", "pretrained_cfg",
-                                      "pretrained_cfg_overlay", "cache_dir", "pretrained_model_args")
-               if k in kwargs}
-    model = build_model_with_cfg(SpeedNet, "cifar_speednet", pretrained, **allowed)
-    model.whiten_from_data = not pretrained  # loaded weights bring their own whitening layer
-    return model
+    return _build("cifar_speednet", pretrained, kwargs)
+
+
+@register_model
+def cifar_speednet_m(pretrained: bool = False, **kwargs) -> SpeedNet:
+    """cifar_speednet with widths 64/192/192 (~1.2M parameters): fewer FLOPs per image."""
+    return _build("cifar_speednet_m", pretrained, kwargs)
+
+
+@register_model
+def cifar_speednet_s(pretrained: bool = False, **kwargs) -> SpeedNet:
+    """cifar_speednet with widths 48/160/160 (~0.8M parameters): fewer FLOPs per image."""
+    return _build("cifar_speednet_s", pretrained, kwargs)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
-MUON_ARCHS = ("cifar_speednet",)   # the models whose parts muon_with_sgd knows
+MUON_ARCHS = ("cifar_speednet", "cifar_speednet_m", "cifar_speednet_s")  # speednet.VARIANTS: the
+# models whose parts muon_with_sgd knows
 # SGD lrs per image of the batch as fractions of the Muon lr (the loss is a batch mean, so lr x batch
 # size; --lr scales every group), and momenta.
 BIAS_LR_PER_IMAGE = 0.053 / 0.24

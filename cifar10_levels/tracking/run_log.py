@@ -59,7 +59,7 @@ class TrackerSettings:
 def run_config(recipe: Recipe, accelerator: Accelerator, data: CIFAR10, *, global_batch: int,
                grad_accum: int, lr_scaling: str, compile: bool, channels_last: bool,
                train_limit: int | None, eval_limit: int | None, resumed: bool,
-               precision_probe: dict | None, time_budget: dict | None) -> dict:
+               checkpoint_every: float | None, precision_probe: dict | None, time_budget: dict | None) -> dict:
     """The configuration the trackers record when a run starts."""
     return {
         "recipe": recipe.to_dict(),
@@ -74,6 +74,7 @@ def run_config(recipe: Recipe, accelerator: Accelerator, data: CIFAR10, *, globa
                  "test": len(data.test), "train_limit": train_limit,
                  "eval_limit": eval_limit},
         "resumed": resumed,
+        "checkpoint_every": checkpoint_every,  # seconds between mid-epoch resume-state saves
         "precision_probe": precision_probe,
         "time_budget": time_budget,
     }

@@ -125,6 +125,7 @@ class Trainer:
                             grad_accum=opts.grad_accum, lr_scaling=opts.lr_scaling, compile=opts.compile,
                             channels_last=self.channels_last, train_limit=opts.train_limit,
                             eval_limit=opts.eval_limit, resumed=opts.resume,
+                            checkpoint_every=opts.checkpoint_every,
                             precision_probe=self.amp.measured and self.amp.measured.record(),
                             time_budget=self.plan and self.plan.to_dict())
         settings = TrackerSettings(run_name(recipe, opts.run_name), opts.report_to, opts.wandb_project,
