@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..checkpoint.meta import CheckpointMeta
-from ..optim.muon import MUON_ARCHS
+from ..models.speednet import VARIANTS as MUON_ARCHS
 
 DATASET_ID = "uoft-cs/cifar10"
 
