@@ -99,6 +99,11 @@ def test_a_preempted_job_requeues_itself_and_ends_as_the_uninterrupted_one(
     assert same_tensors(run_dir / "best.safetensors", expected / "best.safetensors")
     assert json.loads((run_dir / "results.json").read_text())["test_acc"] == \
         json.loads((expected / "results.json").read_text())["test_acc"]
+    # the epoch cut by the signal reports all its batches on both nodes, as the uninterrupted job's
+    resumed_epochs, expected_epochs = history(run_dir), history(expected)
+    assert [h["train_acc"] for h in resumed_epochs] == [h["train_acc"] for h in expected_epochs]
+    assert [h["train_loss"] for h in resumed_epochs] == \
+        pytest.approx([h["train_loss"] for h in expected_epochs], rel=1e-5)
     # one W&B run in two parts, the first one whole: the signal stopped training, not W&B's service
     parts = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(parts) == 2 and len(wandb_ids(run_dir)) == 1

@@ -20,3 +20,5 @@ class TrainState:
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     budget_plan: dict | None = None   # --time-budget's plan (time_budget.BudgetPlan), kept for --resume
+    # a mid-epoch save's training totals of that epoch so far (train.epoch_totals.EpochTotals.summed)
+    epoch_totals: dict | None = None

@@ -1,8 +1,6 @@
 """The training loop: one epoch of plain PyTorch, wrapped by Accelerate."""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -11,19 +9,8 @@ from torch import nn
 from ..data.augment import TrainAugment
 from .ema import WeightEma
 from ..runtime.precision import Amp
+from .epoch_totals import EpochStats
 from .step_hooks import StepHooks
-
-
-@dataclass
-class EpochStats:
-    loss: float
-    acc: float
-    images: int
-    seconds: float
-
-
-def dominant_label(targets: torch.Tensor) -> torch.Tensor:
-    return targets.argmax(1) if targets.ndim == 2 else targets
 
 
 def nonfinite_on_any_process(accelerator, loss: torch.Tensor) -> bool:
@@ -38,13 +25,8 @@ def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
     """One pass over the (sharded) training loader: batch -> augment -> forward -> loss -> backward
     -> step -> log. `mix`: Mixup/CutMix on (then `loss_fn` takes soft targets). `clip_grad` (> 0) and
     `ema` act once per optimizer step, on the batch that ends an accumulation."""
-    device = accelerator.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    seen = 0
-    loss = torch.zeros((), device=device)  # an epoch resumed after its last batch has none left
-    start = time.perf_counter()
-    hooks.start_epoch(len(loader))
+    loss = torch.zeros((), device=accelerator.device)  # an epoch resumed after its last batch has none left
+    totals = hooks.start_epoch(len(loader))
     for images, labels in loader:
         with accelerator.accumulate(model):
             inputs, targets = augment(images, labels, mix)
@@ -66,14 +48,7 @@ def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
             optimizer.zero_grad(set_to_none=True)
             if ema is not None and accelerator.sync_gradients:
                 ema.update()
-        seen += labels.shape[0]
-        loss_sum += loss.detach() * labels.shape[0]
-        correct += (logits.argmax(1) == dominant_label(targets)).sum()
-        hooks.after_step(loss, scheduler.get_last_lr()[0], seen)
+        totals.add(loss, logits, targets, labels.shape[0])
+        hooks.after_step(loss, scheduler.get_last_lr()[0])
     hooks.end_epoch(loss)
-    seconds = time.perf_counter() - start
-    totals = accelerator.reduce(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)]),
-                                reduction="sum")
-    total_seen = max(totals[2].item(), 1.0)
-    return EpochStats(loss=totals[0].item() / total_seen, acc=totals[1].item() / total_seen,
-                      images=int(total_seen), seconds=seconds)
+    return totals.stats(accelerator)

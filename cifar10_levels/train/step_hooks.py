@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..checkpoint.train_state import TrainState
 from ..checkpoint.run_store import RunStore
 from .checkpoint_timer import CheckpointTimer
+from .epoch_totals import EpochTotals
 
 LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
 STOP_CHECK_EVERY = 10     # steps between checks for SIGTERM/SIGINT across processes
@@ -72,17 +73,23 @@ class StepHooks:
         self.steps = 0
         self.started = 0.0
         self.bar = None
+        self.totals: EpochTotals | None = None
 
-    def start_epoch(self, batches_left: int) -> None:
+    def start_epoch(self, batches_left: int) -> EpochTotals:
+        """The epoch's totals, which the loop adds each batch to: on a resume mid-epoch, they go on
+        from the saved state's."""
         done = self.state.step  # batches already done when resuming mid-epoch
+        self.totals = EpochTotals(self.accelerator.device, self.state.epoch_totals if done else None)
         self.started = time.perf_counter()
         self.steps = 0
         self.streak = torch.tensor(float(self.state.nonfinite), device=self.accelerator.device)
         self.bar = progress_bar(self.progress and self.accelerator.is_local_main_process,
                                 batches_left + done, done, f"{self.phase_name} ep {self.state.epoch + 1}")
+        return self.totals
 
-    def after_step(self, loss: torch.Tensor, lr: float, images_seen: int) -> None:
-        """`images_seen`: by this process in this epoch. Raises Diverged, or Stopped on SIGTERM/SIGINT."""
+    def after_step(self, loss: torch.Tensor, lr: float) -> None:
+        """After the loop added the batch to the totals. Raises Diverged, or Stopped on SIGTERM/SIGINT
+        (with the epoch's totals so far in the state the trainer then saves)."""
         state = self.state
         self.streak = (self.streak + 1) * torch.isfinite(loss.detach()).logical_not()
         self.steps += 1
@@ -95,14 +102,16 @@ class StepHooks:
         if state.global_step % LOG_EVERY == 0:
             seconds = time.perf_counter() - self.started
             self.log_step({"train/step_loss": loss.item(), "train/lr": lr,
-                           "train/images_per_s": images_seen * self.accelerator.num_processes / seconds},
+                           "train/images_per_s": self.totals.seen * self.accelerator.num_processes / seconds},
                           state.global_step)
         if self.steps == SLOW_CHECK_STEP:
             self.warn_if_slow((time.perf_counter() - self.started) / SLOW_CHECK_STEP)
         if state.global_step % STOP_CHECK_EVERY == 0 and self.stop.requested():
+            state.epoch_totals = self.totals.summed(self.accelerator)
             raise Stopped
         if state.global_step % STOP_CHECK_EVERY == 0 and self.checkpoint_timer is not None \
                 and self.checkpoint_timer.due():
+            state.epoch_totals = self.totals.summed(self.accelerator)
             self.store.save_state(state)  # --checkpoint-every: mid-epoch, at the same step everywhere
             self.checkpoint_timer.saved()
 

@@ -182,7 +182,7 @@ class Trainer:
                             self.follow_pace(index, stats)
                         self.log_epoch(phase, stats, val, val_ema, improved)
                         state.epoch += 1
-                        state.step = 0
+                        state.step, state.epoch_totals = 0, None
                         self.save_state()
             except Stopped:
                 self.save_state()
