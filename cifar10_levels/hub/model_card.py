@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..checkpoint.meta import CheckpointMeta
-from ..models.speednet import VARIANTS as MUON_ARCHS
+from ..models.speednet import VARIANTS as SPEEDNET_ARCHS
 
 DATASET_ID = "uoft-cs/cifar10"
 
@@ -34,7 +34,7 @@ def card_data(meta: CheckpointMeta, results: dict | None, name: str):
 
 def loading_snippet(meta: CheckpointMeta, model_id: str) -> str:
     register = (f"import cifar10_levels.models.speednet  # registers {meta.arch} with timm "
-                "(pip install this project)\n") if meta.arch in MUON_ARCHS else ""
+                "(pip install this project)\n") if meta.arch in SPEEDNET_ARCHS else ""
     return (
         "```python\n"
         "import timm\n"
@@ -116,7 +116,7 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
               f"- {'Fine-tuned from ImageNet weights' if pretrained else 'Trained from scratch (no pretraining)'}"
               f" on 32 px images{'' if meta.img_size == 32 else f' upsampled to {meta.img_size} px'}; "
               "larger photos lose their detail when brought to 32 px first."]
-    if meta.arch in MUON_ARCHS:
+    if meta.arch in SPEEDNET_ARCHS:
         lines.append(f"- `{meta.arch}` is not a timm architecture: loading needs "
                      "`import cifar10_levels.models.speednet` (this project) first.")
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"))

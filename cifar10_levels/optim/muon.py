@@ -6,8 +6,9 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
-MUON_ARCHS = ("cifar_speednet", "cifar_speednet_m", "cifar_speednet_s")  # speednet.VARIANTS: the
-# models whose parts muon_with_sgd knows
+# the models whose parts muon_with_sgd knows: models.speednet.VARIANTS (optim imports no other folder;
+# tests/test_speednet.py checks the two agree)
+MUON_ARCHS = ("cifar_speednet", "cifar_speednet_m", "cifar_speednet_s")
 # SGD lrs per image of the batch as fractions of the Muon lr (the loss is a batch mean, so lr x batch
 # size; --lr scales every group), and momenta.
 BIAS_LR_PER_IMAGE = 0.053 / 0.24
