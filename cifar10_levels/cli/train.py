@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .arguments import Parser, duration, non_negative_int, positive
+from .arguments import Parser, duration, finite_float, non_negative_int, positive, seed
 from ..checkpoint.meta import BEST_NAME
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..recipes import LEVELS, Recipe, get_recipe
@@ -69,17 +69,17 @@ def train_parser() -> argparse.ArgumentParser:
                    help="peak learning rate per phase, one value per phase")
     r.add_argument("--batch-size", type=positive(int),
                    help="per device (even where Mixup/CutMix runs)")
-    r.add_argument("--weight-decay", type=float, metavar="WD", help="weight decay, >= 0")
-    r.add_argument("--label-smoothing", type=float, metavar="S", help="0 to below 1")
+    r.add_argument("--weight-decay", type=finite_float, metavar="WD", help="weight decay, >= 0")
+    r.add_argument("--label-smoothing", type=finite_float, metavar="S", help="0 to below 1")
     r.add_argument("--tta", type=non_negative_int, help="test-time augmentation views (0/1 = off)")
     r.add_argument("--tta-scheme", choices=("shift2", "shift1"), help="which views "
                    "(evaluation.tta.TTA_SCHEMES): 2-px zero-fill shifts, equal weights; or airbench's "
                    "1-px reflect shifts, weighted")
-    r.add_argument("--seed", type=non_negative_int, help="initial weights and augmentation (the "
+    r.add_argument("--seed", type=seed, help="initial weights and augmentation (the "
                    "validation split is fixed)")
-    r.add_argument("--warmup-epochs", type=float, metavar="E", help="linear learning-rate warmup over "
+    r.add_argument("--warmup-epochs", type=finite_float, metavar="E", help="linear learning-rate warmup over "
                    "the first E epochs (fractions too) of each phase; 0 = none")
-    r.add_argument("--ema", type=float, metavar="DECAY", help="also keep an exponential moving "
+    r.add_argument("--ema", type=finite_float, metavar="DECAY", help="also keep an exponential moving "
                    "average of the weights (timm's ModelEmaV3, warmup form, decay at most DECAY, in "
                    "(0, 1), e.g. 0.999), updated once per optimizer step; each epoch validates it "
                    f"beside the raw weights and the better one becomes {BEST_NAME}")
@@ -87,9 +87,9 @@ def train_parser() -> argparse.ArgumentParser:
                    help="--no-decay-norm-bias: no weight decay on biases and norm weights (AdamW: "
                    "timm's param_groups_weight_decay, every 1-d parameter; --level fast: its SGD "
                    "group of biases and BatchNorm shifts)")
-    r.add_argument("--clip-grad", type=float, metavar="NORM", help="clip the gradients' global "
+    r.add_argument("--clip-grad", type=finite_float, metavar="NORM", help="clip the gradients' global "
                    "norm to NORM at each optimizer step (after unscaling under fp16); 0 = off")
-    r.add_argument("--whiten-bias-fraction", type=float, metavar="F", help="cifar_speednet: train "
+    r.add_argument("--whiten-bias-fraction", type=finite_float, metavar="F", help="cifar_speednet: train "
                    "the whitening layer's bias over the first F (0 to 1] of each phase's steps, then "
                    "freeze it (airbench: 0.375)")
     r.add_argument("--no-pretrained", action="store_true",
@@ -104,13 +104,13 @@ def train_parser() -> argparse.ArgumentParser:
     a.add_argument("--flip-alternate", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror a fixed random half of the images in even epochs and the rest in odd "
                    "ones, instead of a fresh coin per image per epoch")
-    a.add_argument("--color-jitter", type=float, metavar="S",
+    a.add_argument("--color-jitter", type=finite_float, metavar="S",
                    help="brightness/contrast/saturation strength, 0 to 1")
     a.add_argument("--randaugment-ops", type=non_negative_int, metavar="N", help="RandAugment ops")
     a.add_argument("--randaugment-magnitude", type=non_negative_int, metavar="M", help="0 to 30")
-    a.add_argument("--random-erasing", type=float, metavar="P", help="probability, 0 to 1")
-    a.add_argument("--mixup-alpha", type=float, metavar="A", help="Mixup alpha (phases that mix)")
-    a.add_argument("--cutmix-alpha", type=float, metavar="A", help="CutMix alpha (phases that mix)")
+    a.add_argument("--random-erasing", type=finite_float, metavar="P", help="probability, 0 to 1")
+    a.add_argument("--mixup-alpha", type=finite_float, metavar="A", help="Mixup alpha (phases that mix)")
+    a.add_argument("--cutmix-alpha", type=finite_float, metavar="A", help="CutMix alpha (phases that mix)")
     d = p.add_argument_group("data and output")
     d.add_argument("--dataset", metavar="DIR", help="local copy in the uoft-cs/cifar10 layout, made "
                    "once with: hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR "
