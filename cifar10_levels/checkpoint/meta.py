@@ -3,6 +3,7 @@ without building a model."""
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,19 +81,79 @@ def parse_meta(raw: dict[str, str], path: Path, flag: str) -> CheckpointMeta:
         meta = CheckpointMeta(**{**OPTIONAL_DEFAULTS, **known})
     except (ValueError, TypeError) as err:
         raise UserError(f"{flag} {path}: unreadable metadata ({err})") from None
-    ok = (isinstance(meta.arch, str) and isinstance(meta.img_size, int)
-          and MIN_IMG_SIZE <= meta.img_size <= MAX_IMG_SIZE and isinstance(meta.num_classes, int)
-          and 2 <= meta.num_classes <= MAX_CLASSES and isinstance(meta.class_names, list)
-          and len(meta.class_names) == meta.num_classes
-          and all(isinstance(n, str) for n in meta.class_names)
-          and all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
-                  for v in (meta.mean, meta.std)) and all(x > 0 for x in meta.std)
-          and isinstance(meta.val_acc, (int, float)) and meta.weights in WEIGHTS)
-    if not ok:
-        raise UserError(f"{flag} {path}: metadata has wrong types or sizes (arch, img_size "
-                        f"{MIN_IMG_SIZE}-{MAX_IMG_SIZE}, num_classes with as many class_names, "
-                        "3 mean/std values, weights raw or ema)")
+    check_meta(meta, path, flag)
     return meta
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_fraction(value) -> bool:
+    return is_number(value) and 0 <= value <= 1
+
+
+def is_name(value, longest: int = 200) -> bool:
+    """A short one-line string: what a file may put where we print or render text."""
+    return isinstance(value, str) and 0 < len(value) <= longest and value.isprintable()
+
+
+def is_phase(value) -> bool:
+    return isinstance(value, dict) and is_name(value.get("name"), 40) and is_int(value.get("epochs")) \
+        and is_number(value.get("lr")) and isinstance(value.get("train_backbone"), bool)
+
+
+# each field a file may set: (what it must be, how to say so); recipe keys are the ones we read back
+META_FIELDS = {
+    "arch": (is_name, "a model name"),
+    "level": (lambda v: is_name(v, 20), "a level name"),
+    "img_size": (lambda v: is_int(v) and MIN_IMG_SIZE <= v <= MAX_IMG_SIZE,
+                 f"an int from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}"),
+    "num_classes": (lambda v: is_int(v) and 2 <= v <= MAX_CLASSES, f"an int from 2 to {MAX_CLASSES}"),
+    "class_names": (lambda v: isinstance(v, list) and all(is_name(n, 100) for n in v),
+                    "a list of names"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) for x in v),
+             "3 finite numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) and x > 0 for x in v),
+            "3 finite numbers > 0"),
+    "seed": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "epoch": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "val_acc": (is_fraction, "a number from 0 to 1"),
+    "test_acc": (lambda v: v is None or is_fraction(v), "a number from 0 to 1, or null"),
+    "version": (lambda v: is_name(v, 40), "a version"),
+    "recipe": (lambda v: isinstance(v, dict), "an object"),
+    "weights": (lambda v: v in WEIGHTS, f"one of {', '.join(WEIGHTS)}"),
+    "recipe.tta": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "recipe.tta_scheme": (lambda v: is_name(v, 40), "a scheme name"),
+    "recipe.title": (lambda v: isinstance(v, str) and len(v) <= 200 and v.isprintable(), "a title"),
+    "recipe.pretrained": (lambda v: isinstance(v, bool), "true or false"),
+    "recipe.ema_decay": (lambda v: v is None or is_fraction(v), "a number from 0 to 1, or null"),
+    "recipe.phases": (lambda v: isinstance(v, list) and all(is_phase(x) for x in v),
+                      "a list of phases (name, epochs, lr, train_backbone)"),
+}
+
+
+WRITTEN_BY_US = "use a file written by train.py or cifar10-export"
+
+
+def check_meta(meta: CheckpointMeta, path: Path, flag: str) -> None:
+    """Every field of metadata read from a file, its type and range, before anything uses it."""
+    values = asdict(meta)
+    recipe = values["recipe"] if isinstance(values["recipe"], dict) else {}
+    for name, (ok, expected) in META_FIELDS.items():
+        section, _, key = name.rpartition(".")
+        source = recipe if section else values
+        if key in source and not ok(source[key]):
+            shown = json.dumps(source[key], default=str)
+            raise UserError(f"{flag} {path}: metadata {name} is {shown[:60]}, not {expected} "
+                            f"(damaged or crafted); {WRITTEN_BY_US}")
+    if len(meta.class_names) != meta.num_classes:
+        raise UserError(f"{flag} {path}: metadata has {len(meta.class_names)} class_names for "
+                        f"{meta.num_classes} classes (damaged or crafted); {WRITTEN_BY_US}")
 
 
 def read_header(path: str | Path, flag: str = "checkpoint") -> dict[str, str]:

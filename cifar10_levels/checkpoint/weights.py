@@ -53,29 +53,41 @@ def read_export_config(directory: Path, flag: str = "--weights") -> dict:
     return config
 
 
-def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
-    """Our metadata from an export's config.json; what timm uses (size, mean, std) wins."""
-    from .meta import CheckpointMeta
+# what timm passes to the model's constructor from config.json: cifar10-export writes only these
+EXPORT_MODEL_ARGS = ("num_classes", "in_chans", "global_pool")
 
+
+def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
+    """Our metadata from an export's config.json, every field checked before anything uses it; what
+    timm uses (size, mean, std, classes) wins."""
+    from .meta import MAX_CLASSES, CheckpointMeta, check_meta, is_int
+
+    where = f"{flag} {directory / EXPORT_CONFIG}"
     config = read_export_config(directory, flag)
     cfg = config["pretrained_cfg"]
     saved = config.get(META_KEY) if isinstance(config.get(META_KEY), dict) else {}
-    try:
-        num_classes = int(config.get("num_classes", cfg.get("num_classes")))
-        names = config.get("label_names") or saved.get("class_names") or \
-            [str(i) for i in range(num_classes)]
-        known = {k: v for k, v in saved.items() if k in CheckpointMeta.__dataclass_fields__}
-        meta = CheckpointMeta(**{"level": "?", "seed": 0, "epoch": 0, "val_acc": 0.0, **known,
-                                 "arch": config["architecture"], "img_size": int(cfg["input_size"][-1]),
-                                 "num_classes": num_classes, "class_names": list(names),
-                                 "mean": [float(x) for x in cfg["mean"]],
-                                 "std": [float(x) for x in cfg["std"]]})
-    except (KeyError, TypeError, ValueError, IndexError) as err:
-        raise UserError(f"{flag} {directory / EXPORT_CONFIG}: incomplete timm config ({err}); "
-                        "export it again with cifar10-export") from None
-    if len(meta.class_names) != meta.num_classes:
-        raise UserError(f"{flag} {directory / EXPORT_CONFIG}: {len(meta.class_names)} label_names "
-                        f"for {meta.num_classes} classes")
+    num_classes = config.get("num_classes", cfg.get("num_classes"))
+    input_size = cfg.get("input_size")
+    if not (isinstance(input_size, list) and len(input_size) == 3 and all(map(is_int, input_size))
+            and input_size[0] == 3 and input_size[1] == input_size[2]):
+        raise UserError(f"{where}: pretrained_cfg.input_size is {json.dumps(input_size)[:60]}, not "
+                        "[3, SIZE, SIZE]; export it again with cifar10-export")
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, dict) or set(model_args) - set(EXPORT_MODEL_ARGS) \
+            or model_args.get("num_classes", num_classes) != num_classes \
+            or cfg.get("num_classes", num_classes) != num_classes or model_args.get("in_chans", 3) != 3:
+        raise UserError(f"{where}: model_args {json.dumps(model_args)[:80]} are not what "
+                        f"cifar10-export writes (only {', '.join(EXPORT_MODEL_ARGS)}, {num_classes} "
+                        "classes, 3 channels); export it again with cifar10-export")
+    names = config.get("label_names") or saved.get("class_names")
+    if names is None and is_int(num_classes) and 2 <= num_classes <= MAX_CLASSES:
+        names = [str(i) for i in range(num_classes)]
+    known = {k: v for k, v in saved.items() if k in CheckpointMeta.__dataclass_fields__}
+    meta = CheckpointMeta(**{"level": "?", "seed": 0, "epoch": 0, "val_acc": 0.0, **known,
+                             "arch": config["architecture"], "img_size": input_size[-1],
+                             "num_classes": num_classes, "class_names": names,
+                             "mean": cfg.get("mean"), "std": cfg.get("std")})
+    check_meta(meta, directory / EXPORT_CONFIG, flag)
     return meta
 
 

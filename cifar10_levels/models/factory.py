@@ -13,10 +13,14 @@ from ..offline import go_offline, hub_reachable
 
 
 def known_arch(arch: str) -> bool:
+    """A timm (or our) model name; with a pretrained tag (`name.tag`) only a tag timm has."""
     import timm
+    from timm.models import split_model_name_tag
 
     from . import speednet  # noqa: F401  registers our own models with timm
-    return timm.is_model(arch)
+    _, tag = split_model_name_tag(arch)
+    # is_model ignores the tag, and create_model then fails on an unknown one
+    return timm.is_model(arch) and (not tag or arch in timm.list_pretrained(arch))
 
 
 def check_arch(arch: str, flag: str, path: str | Path | None = None) -> None:

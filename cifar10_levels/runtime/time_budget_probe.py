@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..recipes import Recipe
 
 PROBE_SHARE = 0.01   # of the budget, each measurement may take: a longer budget buys a truer plan
+MAX_PROBE_SECONDS = 30.0   # per measurement, whatever the budget: the plan is replanned each epoch
 COLLECTIVE_ROUNDS = 5
 CHECKPOINT_WRITES_PER_EPOCH = 5   # best and last checkpoints, the state: weights and up to two moments
 
@@ -67,7 +68,7 @@ def measure_costs(parts: ProbeParts, recipe: Recipe, accelerator: Accelerator, *
     device, data, processes = accelerator.device, parts.data, accelerator.num_processes
     autocast = (lambda: autocast_for(device, parts.precision))
     sync = synchronizer(device)
-    seconds = max(step_timing.PROBE_SECONDS, PROBE_SHARE * budget_seconds)
+    seconds = min(max(step_timing.PROBE_SECONDS, PROBE_SHARE * budget_seconds), MAX_PROBE_SECONDS)
     with untouched_rng(device):
         model = copy.deepcopy(parts.model).to(device)
         images, labels = data.train.images.to(device), data.train.labels.to(device)
