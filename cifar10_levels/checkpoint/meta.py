@@ -140,20 +140,30 @@ META_FIELDS = {
 WRITTEN_BY_US = "use a file written by train.py or cifar10-export"
 
 
+def field_problem(values: dict, fields: dict, required: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with the first field of `values` (a file's) that is not as `fields` say:
+    {name: (test, what it must be)}, 'section.key' for a key inside the object `section`."""
+    for name, (ok, expected) in fields.items():
+        section, _, key = name.rpartition(".")
+        source = values.get(section) if section else values
+        if not isinstance(source, dict):
+            continue
+        if key not in source:
+            if name in required:
+                return f"{name} is missing"
+            continue
+        if not ok(source[key]):
+            return f"{name} is {json.dumps(source[key], default=str)[:60]}, not {expected}"
+    return None
+
+
 def check_meta(meta: CheckpointMeta, path: Path, flag: str) -> None:
     """Every field of metadata read from a file, its type and range, before anything uses it."""
-    values = asdict(meta)
-    recipe = values["recipe"] if isinstance(values["recipe"], dict) else {}
-    for name, (ok, expected) in META_FIELDS.items():
-        section, _, key = name.rpartition(".")
-        source = recipe if section else values
-        if key in source and not ok(source[key]):
-            shown = json.dumps(source[key], default=str)
-            raise UserError(f"{flag} {path}: metadata {name} is {shown[:60]}, not {expected} "
-                            f"(damaged or crafted); {WRITTEN_BY_US}")
-    if len(meta.class_names) != meta.num_classes:
-        raise UserError(f"{flag} {path}: metadata has {len(meta.class_names)} class_names for "
-                        f"{meta.num_classes} classes (damaged or crafted); {WRITTEN_BY_US}")
+    problem = field_problem(asdict(meta), META_FIELDS)
+    if problem is None and len(meta.class_names) != meta.num_classes:
+        problem = f"{len(meta.class_names)} class_names for {meta.num_classes} classes"
+    if problem is not None:
+        raise UserError(f"{flag} {path}: metadata {problem} (damaged or crafted); {WRITTEN_BY_US}")
 
 
 def read_header(path: str | Path, flag: str = "checkpoint") -> dict[str, str]:

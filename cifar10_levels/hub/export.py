@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import UMASK
-from ..checkpoint.meta import BEST_NAME
+from ..checkpoint.meta import BEST_NAME, MAX_CLASSES, META_FIELDS, field_problem, is_fraction, is_int, is_name, \
+    is_number
 from ..checkpoint.weights import EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
 
 HUB_EXPORT_DIR = "hub_export"           # inside a run directory, for train.py --push-to-hub
@@ -59,18 +60,63 @@ def check_push_ready(repo_id: str, flag: str = "--push-to-hub") -> str:
 
 
 # ---- the export ------------------------------------------------------------------------------
+def is_url(value) -> bool:
+    return isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) <= 500 \
+        and value.isprintable() and not any(c in value for c in " <>\"'`")
+
+
+def _per_class(value) -> bool:
+    return isinstance(value, dict) and len(value) <= MAX_CLASSES \
+        and all(is_name(k, 100) and is_fraction(v) for k, v in value.items())
+
+
+def _sizes(value) -> bool:
+    return isinstance(value, dict) and all(is_int(value.get(k)) for k in ("train", "val", "test"))
+
+
+# results.json's fields that the model card shows (tracking/results.make_results writes them)
+RESULT_FIELDS = {
+    "test_acc": (is_fraction, "a number from 0 to 1"),
+    "test_acc_tta": (lambda v: v is None or is_fraction(v), "a number from 0 to 1, or null"),
+    "tta_views": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "test_nll": (lambda v: v is None or is_number(v), "a number"),
+    "test_ece": (lambda v: v is None or is_fraction(v), "a number from 0 to 1"),
+    "best_val_acc": (is_fraction, "a number from 0 to 1"),
+    "best_epoch": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "per_class_acc": (_per_class, "class names with accuracies from 0 to 1"),
+    "split_sizes": (_sizes, "train, val and test counts"),
+    "num_params": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "train_seconds": (lambda v: is_number(v) and v >= 0, "seconds >= 0"),
+    "global_batch": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "title": (lambda v: isinstance(v, str) and len(v) <= 200 and v.isprintable(), "a title"),
+    "hardware": (is_name, "a description"),
+    "precision": (lambda v: is_name(v, 20), "a precision"),
+    "dataset": (lambda v: is_name(v, 500), "a path or Hub id"),
+    "recipe": (lambda v: isinstance(v, dict), "an object"),
+    "wandb_url": (lambda v: v is None or is_url(v), "an http(s) URL"),
+    **{name: check for name, check in META_FIELDS.items() if name.startswith("recipe.")},
+}
+RESULT_REQUIRED = ("test_acc", "tta_views", "best_val_acc", "best_epoch", "per_class_acc",
+                   "split_sizes", "num_params", "train_seconds", "global_batch", "hardware",
+                   "precision", "dataset")
+
+
 def read_run_results(checkpoint: Path, test_acc: float | None) -> dict | None:
     """results.json beside the checkpoint, only if it describes these weights (best.safetensors
-    carries the test accuracy that results.json reports)."""
+    carries the test accuracy that results.json reports); its fields checked before the card shows them."""
     path = checkpoint.parent / "results.json"
     if test_acc is None or not path.is_file():
         return None
     try:
         results = json.loads(path.read_text())
-    except ValueError:
+    except (OSError, ValueError):
         return None
     if not isinstance(results, dict) or results.get("test_acc") != test_acc:
         return None
+    problem = field_problem(results, RESULT_FIELDS, RESULT_REQUIRED)
+    if problem is not None:
+        raise UserError(f"{path}: {problem} (damaged or crafted); restore the run's own results.json "
+                        "or move it away to export without it")
     return results
 
 
@@ -84,6 +130,8 @@ def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
     from .model_card import card_text
 
     check_writable_dir(out_dir, "OUT_DIR")
+    if wandb_url is not None and not is_url(wandb_url):
+        raise UserError(f"--wandb-url {wandb_url[:80]!r}: not an http(s) URL; pass the W&B run's page")
     model, meta = load_checkpoint(checkpoint, "CKPT")
     results = read_run_results(checkpoint, meta.test_acc)
     wandb_url = wandb_url or (results or {}).get("wandb_url")

@@ -1,12 +1,21 @@
 """The Hub model card (README.md) of an export: huggingface_hub's ModelCardData for the metadata."""
 from __future__ import annotations
 
+import html
 import json
 
 from ..checkpoint.meta import CheckpointMeta
 from ..models.speednet import VARIANTS as SPEEDNET_ARCHS
 
 DATASET_ID = "uoft-cs/cifar10"
+MARKDOWN_SPECIAL = "\\`*_{}[]()#+-.!|~"
+
+
+def text(value) -> str:
+    """A value from a file as plain text in markdown: no HTML, link, heading, code or table cell
+    of its own (names of models are checked against timm's instead, and shown as code)."""
+    escaped = html.escape(" ".join(str(value).split()), quote=False)
+    return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in escaped)
 
 
 def card_data(meta: CheckpointMeta, results: dict | None, name: str):
@@ -61,10 +70,10 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
     r = results or {}
     recipe = meta.recipe or r.get("recipe", {})
     pretrained = bool(recipe.get("pretrained"))
-    lines = [f"# {name}", "",
+    lines = [f"# {text(name)}", "",
              f"A `{meta.arch}` classifier for the 10 CIFAR-10 classes, trained with level "
-             f"{meta.level} of the cifar10-levels project "
-             f"({r.get('title') or recipe.get('title', '')}).", "",
+             f"{text(meta.level)} of the cifar10-levels project "
+             f"({text(r.get('title') or recipe.get('title', ''))}).", "",
              "## Results on the CIFAR-10 test split", ""]
     if r:
         lines += ["| metric | value |", "|---|---|",
@@ -75,9 +84,9 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
             if r.get(key) is not None:
                 lines.append(f"| {label} | {r[key]:.4f} |")
         lines += [f"| best validation accuracy | {r['best_val_acc']:.2%} (epoch {r['best_epoch']}) |",
-                  f"| test images | {r.get('split_sizes', {}).get('test', '?')} |", ""]
+                  f"| test images | {r['split_sizes']['test']} |", ""]
         lines += ["Per-class test accuracy:", "", "| class | accuracy |", "|---|---|"]
-        lines += [f"| {c} | {a:.2%} |" for c, a in r["per_class_acc"].items()] + [""]
+        lines += [f"| {text(c)} | {a:.2%} |" for c, a in r["per_class_acc"].items()] + [""]
     else:
         lines += [f"Validation accuracy {meta.val_acc:.2%} (epoch {meta.epoch})"
                   + (f", test accuracy {meta.test_acc:.2%}" if meta.test_acc is not None else "")
@@ -85,10 +94,10 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
     if confusion:
         lines += [f"![confusion matrix on the test split]({confusion})", ""]
     lines += ["## Training", "",
-              f"- recipe: level {meta.level}, seed {meta.seed}, {meta.img_size} px input, "
+              f"- recipe: level {text(meta.level)}, seed {meta.seed}, {meta.img_size} px input, "
               f"{'ImageNet-pretrained start' if pretrained else 'random initialization'}",
               "- phases: " + ", ".join(
-                  f"{p['name']} {p['epochs']} epochs at lr {p['lr']}"
+                  f"{text(p['name'])} {p['epochs']} epochs at lr {p['lr']}"
                   f"{'' if p['train_backbone'] else ' (backbone frozen)'}"
                   for p in recipe.get("phases", [])),
               f"- normalization: mean {meta.mean}, std {meta.std}"]
@@ -96,22 +105,22 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
         lines.append(f"- weights: the exponential moving average of the trained weights (decay at most "
                      f"{recipe.get('ema_decay')}), which validated better than the raw weights")
     if r:
-        lines += [f"- hardware: {r['hardware']}, precision {r['precision']}, global batch "
+        lines += [f"- hardware: {text(r['hardware'])}, precision {text(r['precision'])}, global batch "
                   f"{r['global_batch']}",
                   f"- wall time: {r['train_seconds'] / 60:.1f} min of training; "
                   f"{r['num_params'] / 1e6:.2f}M parameters",
-                  f"- data: {r['dataset']} (train {r['split_sizes']['train']}, val "
+                  f"- data: {text(r['dataset'])} (train {r['split_sizes']['train']}, val "
                   f"{r['split_sizes']['val']} held out of the train split, test "
                   f"{r['split_sizes']['test']})"]
     if wandb_url:
-        lines.append(f"- Weights & Biases run: {wandb_url}")
+        lines.append(f"- Weights & Biases run: <{wandb_url}>")
     lines += ["", "<details><summary>full recipe</summary>", "", "```json",
               json.dumps(recipe, indent=2), "```", "", "</details>", "",
               "## How to use", "", loading_snippet(meta, model_id),
               "Or with this project: `cifar10-predict --weights DIR_OR_CHECKPOINT images/` "
               "(an export directory works too).", "",
               "## Limitations", "",
-              f"- Trained on CIFAR-10 only: 32 px images of {', '.join(meta.class_names)}. "
+              f"- Trained on CIFAR-10 only: 32 px images of {', '.join(map(text, meta.class_names))}. "
               "Any other image is still forced into one of these classes.",
               f"- {'Fine-tuned from ImageNet weights' if pretrained else 'Trained from scratch (no pretraining)'}"
               f" on 32 px images{'' if meta.img_size == 32 else f' upsampled to {meta.img_size} px'}; "
