@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from .errors import UserError, WriteFailed, write_failed
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)
@@ -16,19 +16,29 @@ os.umask(UMASK)
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path next to `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary path next to `path`; on success it replaces `path` in one rename. A write
+    that fails (a full disk) leaves no temporary file and raises WriteFailed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         yield tmp
         # mkstemp's (or a writer's own) 0600 would make results unreadable to others
         os.chmod(tmp, 0o666 & ~UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except WriteFailed:
+        raise
+    except OSError as err:
+        raise write_failed(path, err) from None
+    except Exception as err:  # safetensors' writer reports a full disk as its own error type
+        if "No space left on device" in str(err):
+            raise write_failed(path, err) from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -111,11 +111,16 @@ class RunStore:
         if self.writes_files and tmp.exists():
             shutil.rmtree(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if self.writes_files:
-            write_json(tmp / "train_state.json", asdict(state))
-            replace_dir(tmp, self.run_dir / STATE_DIR)
+        try:
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if self.writes_files:
+                write_json(tmp / "train_state.json", asdict(state))
+                replace_dir(tmp, self.run_dir / STATE_DIR)
+        except OSError:  # a full disk: the saved state before this one stays, no half-written copy
+            if self.writes_files:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         accelerator.wait_for_everyone()
 
     def load_train_state(self) -> TrainState:
