@@ -82,3 +82,22 @@ def ensure_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> 
         raise UserError(f"{flag} {path}: cannot create it ({err.strerror}); pass a writable directory"
                         ) from None
     return path
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
+    """Fail at start, before any work: `path` must be a file we can (re)place in an existing
+    directory."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file"
+        raise UserError(f"{flag} {path}: {what}; pass a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: directory {path.parent} does not exist; create it first "
+                        "or pass another path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {path}: directory {path.parent} is not writable ({err.strerror}); "
+                        "pass another path") from None
+    return path

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .arguments import Parser, non_negative_int, positive
 from ..errors import UserError, exits_cleanly_on_user_error
-from ..files import atomic_path, write_json
+from ..files import atomic_path, check_writable_file, write_json
 
 if TYPE_CHECKING:
     import torch
@@ -64,11 +64,31 @@ def find_images(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions
                             and not p.name.startswith("."))
-        elif path.exists():
+        elif path.is_file():
             found.append(path)  # named explicitly: tried whatever its suffix
+        elif path.exists():  # a FIFO or a device would block or never end
+            print(f"warning: {path}: not a regular file; skipped", file=sys.stderr)
         else:
             print(f"warning: {path}: no such file or directory; skipped", file=sys.stderr)
     return list(dict.fromkeys(found))
+
+
+WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "F")
+
+
+def eight_bit_grey(img):
+    """A 16-bit (or 32-bit, float) greyscale image as 8-bit "L": PIL's own convert clips every
+    value above 255 to white."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if values.max(initial=0) <= 1 else 255.0
+    else:  # PNG stores 16 bits; PIL reads them as "I" or "I;16"
+        top = 65535.0
+    scaled = np.clip(np.nan_to_num(values) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled)  # uint8, 2-d: mode "L"
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -79,6 +99,8 @@ def load_image(path: Path) -> torch.Tensor:
 
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
+        if img.mode in WIDE_GREY_MODES:
+            img = eight_bit_grey(img)
         if img.mode in ("P", "LA", "PA") or "transparency" in img.info:
             img = img.convert("RGBA")  # palette transparency needs RGBA before RGB
         img = ImageOps.fit(img.convert("RGB"), (CIFAR_SIZE, CIFAR_SIZE), Image.Resampling.BILINEAR)
@@ -160,9 +182,7 @@ def check_output(path: str | None) -> Path | None:
     out = Path(path)
     if out.suffix.lower() not in (".csv", ".json"):
         raise UserError(f"--output {out}: end the name with .csv or .json")
-    if not out.parent.is_dir():
-        raise UserError(f"--output {out}: directory {out.parent} does not exist")
-    return out
+    return check_writable_file(out, "--output")
 
 
 def split_weights_and_images(weights: list[str], images: list[str]) -> tuple[list[str], list[str]]:

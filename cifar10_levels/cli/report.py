@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .arguments import Parser
 from ..errors import UserError, exits_cleanly_on_user_error
-from ..files import write_text
+from ..files import check_writable_file, write_text
 from ..tracking.results_table import read_results, results_table
 
 
@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="directory of runs, e.g. ckpts/")
     parser.add_argument("--output", type=Path, help="also write the markdown to this file")
     args = parser.parse_args(argv)
+    if args.output:
+        check_writable_file(args.output, "--output")
     if not args.root.is_dir():
         raise UserError(f"{args.root}: no such directory; pass the --output-dir of train.py")
     results = read_results(args.root)
