@@ -57,21 +57,29 @@ def write_json(path: str | os.PathLike, data) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def check_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:
-    """Fail at start, before anything is written: `path` must be (or become) a writable directory."""
-    path = Path(path)
-    existing = path
+def unwritable_dir(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """(the path, why) when `path` cannot be (or become) a writable directory; None when it can."""
+    existing = Path(path)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{flag} {existing}: exists and is not a directory; pass another path")
+        return existing, "exists and is not a directory"
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise UserError(f"{flag} {path}: not writable ({err.strerror}); pass a writable directory"
-                        ) from None
-    return path
+        return Path(path), f"not writable ({err.strerror})"
+    return None
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:
+    """Fail at start, before anything is written: `path` must be (or become) a writable directory."""
+    problem = unwritable_dir(path)
+    if problem is not None:
+        where, why = problem
+        advice = "pass another path" if why.startswith("exists") else "pass a writable directory"
+        raise UserError(f"{flag} {where}: {why}; {advice}")
+    return Path(path)
 
 
 def ensure_writable_dir(path: str | os.PathLike, flag: str = "--output-dir") -> Path:

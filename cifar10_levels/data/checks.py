@@ -22,8 +22,30 @@ def hub_copy_cached() -> bool:
     return any(snapshots.glob("*/*")) or prepared.is_dir()
 
 
+def cache_problem() -> str | None:
+    """Why loading cannot write the caches it needs (datasets' Arrow files, our decoded tensors),
+    which live under HOME unless set apart; None when it can."""
+    import datasets.config
+
+    from ..files import unwritable_dir
+    from .cifar10 import CACHE_ENV, cache_dir
+
+    for directory in (Path(datasets.config.HF_DATASETS_CACHE), cache_dir()):
+        problem = unwritable_dir(directory)
+        if problem is not None:
+            where, why = problem
+            detail = why if where == directory else f"{where} {why}"
+            return (f"cannot write the data set cache {directory} ({detail}; HOME is {Path.home()}); "
+                    f"set HOME to a writable directory, or HF_HOME and {CACHE_ENV} to writable "
+                    "directories")
+    return None
+
+
 def dataset_problem(source: str | None, hub_up: bool) -> str | None:
     """Why `--dataset source` cannot be loaded, found without reading any image; None when it can."""
+    cache = cache_problem()
+    if cache is not None:
+        return f"--dataset: {cache}"
     if source is None:
         if hub_up or hub_copy_cached():
             return None

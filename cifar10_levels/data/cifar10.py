@@ -110,6 +110,11 @@ def _decode(split, name: str, where: str) -> ImageSet:
 def _load_dataset_dict(source: str | None):
     import datasets
 
+    from .checks import cache_problem
+
+    problem = cache_problem()
+    if problem is not None:  # else datasets' own error reads as a bad data set
+        raise UserError(f"--dataset: {problem}")
     datasets.disable_progress_bars()
     if source is None:
         reachable = hub_reachable()
