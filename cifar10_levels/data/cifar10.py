@@ -18,6 +18,7 @@ NUM_CLASSES = 10
 VAL_FRACTION = 0.1          # 500 of each class's 5,000 train images
 SPLIT_SEED = 42
 CACHE_ENV = "CIFAR10_LEVELS_CACHE"
+DAMAGED = "the data set's files are damaged: download them again"
 GET_LOCAL_COPY = (f"make a local copy once where the Hub is reachable: hf download {HUB_ID} "
                   "--repo-type dataset --local-dir DIR, then pass --dataset DIR")
 
@@ -91,18 +92,32 @@ def _decode(split, name: str, where: str) -> ImageSet:
                         "expected the uoft-cs/cifar10 layout (columns 'img' and 'label')")
     if len(split) == 0:
         raise UserError(f"{where}: split '{name}' is empty")
-    labels = np.asarray(split["label"], dtype=np.int64)
+    raw_labels = split["label"]
+    missing_label = next((i for i, v in enumerate(raw_labels)
+                          if not isinstance(v, (int, np.integer)) or isinstance(v, bool)), None)
+    if missing_label is not None:
+        raise UserError(f"{where}: split '{name}' label {missing_label} is "
+                        f"{raw_labels[missing_label]!r}, not a class number; {DAMAGED}")
+    labels = np.asarray(raw_labels, dtype=np.int64)
     bad = labels[(labels < 0) | (labels >= NUM_CLASSES)]
     if len(bad):
         raise UserError(f"{where}: split '{name}' has label {int(bad[0])} outside 0-{NUM_CLASSES - 1}")
     raw = split.cast_column("img", Image(decode=False))["img"]
     images = np.empty((len(raw), 32, 32, 3), dtype=np.uint8)
     for i, item in enumerate(raw):
-        pil = PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
-        if pil.size != (32, 32) or pil.mode != "RGB":
-            raise UserError(f"{where}: split '{name}' image {i} is {pil.size[0]}x{pil.size[1]} "
-                            f"{pil.mode}; CIFAR-10 images are 32x32 RGB")
-        images[i] = np.asarray(pil)
+        try:
+            item = item or {}
+            if not item.get("bytes") and not (item.get("path") and Path(item["path"]).is_file()):
+                raise ValueError("no image bytes, and no image file")  # a FIFO would block
+            with PILImage.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as pil:
+                if pil.size != (32, 32) or pil.mode != "RGB":
+                    raise UserError(f"{where}: split '{name}' image {i} is {pil.size[0]}x{pil.size[1]} "
+                                    f"{pil.mode}; CIFAR-10 images are 32x32 RGB")
+                images[i] = np.asarray(pil)
+        except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as err:
+            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            raise UserError(f"{where}: split '{name}' image {i} cannot be decoded ({reason}); "
+                            f"{DAMAGED}") from None
     return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                     torch.from_numpy(labels))
 
@@ -143,25 +158,62 @@ def _cache_path(dd) -> Path:
     return cache_dir() / f"decoded-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
+def tensor_sha256(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(cache: Path, dd) -> dict[str, ImageSet] | None:
+    """The decoded splits kept in `cache`, only when every shape, type and label and the checksum
+    written with them hold; None otherwise (then the cache is rebuilt)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(cache), framework="pt") as f:
+            checksum = (f.metadata() or {}).get("sha256")
+        t = load_file(cache)
+    except Exception:
+        return None
+    splits = {}
+    for name in ("train", "test"):
+        images, labels = t.get(f"{name}.images"), t.get(f"{name}.labels")
+        n = len(dd[name])
+        if images is None or labels is None or images.dtype != torch.uint8 \
+                or tuple(images.shape) != (n, 3, 32, 32) or labels.dtype != torch.int64 \
+                or tuple(labels.shape) != (n,) or not bool(((labels >= 0) & (labels < NUM_CLASSES)).all()):
+            return None
+        splits[name] = ImageSet(images, labels)
+    if checksum != tensor_sha256(*(t for s in splits.values() for t in (s.images, s.labels))):
+        return None
+    return splits
+
+
 def _decoded_splits(dd, where: str) -> dict[str, ImageSet]:
-    """Decode every PNG once; later runs read the uint8 tensors from a safetensors cache."""
-    from safetensors.torch import load_file, save_file
+    """Decode every PNG once; later runs read the uint8 tensors from a safetensors cache, checked
+    before use: a damaged one is rebuilt."""
+    import sys
+
+    from safetensors.torch import save_file
 
     from ..files import atomic_path
 
     cache = _cache_path(dd)
-    if cache.exists():
-        try:
-            t = load_file(cache)
-            return {s: ImageSet(t[f"{s}.images"], t[f"{s}.labels"]) for s in ("train", "test")}
-        except Exception:
-            pass  # a damaged cache is rebuilt below
+    if cache.is_file():
+        splits = _read_cache(cache, dd)
+        if splits is not None:
+            return splits
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"warning: {cache}: damaged decode cache; decoding the data set again",
+                  file=sys.stderr)
     splits = {s: _decode(dd[s], s, where) for s in ("train", "test")}
+    tensors = {f"{s}.{k}": getattr(v, k) for s, v in splits.items() for k in ("images", "labels")}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache) as tmp:
-            save_file({f"{s}.{k}": getattr(v, k) for s, v in splits.items()
-                       for k in ("images", "labels")}, tmp)
+            save_file(tensors, tmp, metadata={"sha256": tensor_sha256(*tensors.values())})
     except OSError:
         pass  # the cache is an optimisation only
     return splits

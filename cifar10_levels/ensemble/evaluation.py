@@ -42,7 +42,8 @@ def evaluate_members(accelerator: Accelerator, members: list[Member], splits: di
     todo = []
     for member, result in zip(members, results):
         for split, images in splits.items():
-            cached = load_cached(cache_path(member, setting(member, split)), images.labels)
+            cached = load_cached(cache_path(member, setting(member, split)), images.labels,
+                                  member.meta.num_classes)
             if cached is not None:
                 result.probs[split] = cached
         if len(result.probs) < len(splits):
