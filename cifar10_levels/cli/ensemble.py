@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ensemble_parser().parse_args(argv)
     if args.img_size is not None and not MIN_IMG_SIZE <= args.img_size <= MAX_IMG_SIZE:
         raise UserError(f"--img-size {args.img_size}: use {MIN_IMG_SIZE} to {MAX_IMG_SIZE} px")
+    from ..tracking.trackers import tracker_problem
+
+    if problem := tracker_problem(args.report_to):
+        raise UserError(problem)
     import torch
 
     from ..ensemble import voting

@@ -14,6 +14,21 @@ def tracker_names(report_to: str) -> list[str]:
             "none": []}[report_to]
 
 
+def tracker_problem(report_to: str) -> str | None:
+    """Why a tracker --report-to names cannot start (Accelerate would only warn and log nothing);
+    None when every one can."""
+    import importlib.util
+
+    from .wandb_account import online_mode_problem
+
+    names = tracker_names(report_to)
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        return (f"--report-to {report_to}: {' and '.join(missing)} is not installed; pip install "
+                f"{' '.join(missing)}, or pass --report-to none")
+    return online_mode_problem() if "wandb" in names else None
+
+
 def flat_config(config: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
     """TensorBoard's hparams take only flat scalars: nested keys joined with '.', None as 'none'."""
     flat: dict[str, bool | int | float | str] = {}

@@ -48,6 +48,24 @@ def check_wandb_key(key: str, timeout: float = KEY_CHECK_SECONDS) -> str:
     return "ok" if viewer else "rejected"
 
 
+def online_mode_problem(timeout: float = KEY_CHECK_SECONDS) -> str | None:
+    """With WANDB_MODE=online, why W&B cannot log online now (no key, a key the server rejects, no
+    server): wandb itself would wait ~90 s before it gives up. None when it can, or another mode."""
+    if os.environ.get("WANDB_MODE") != "online":
+        return None
+    host = urlparse(wandb_base_url()).hostname
+    key = wandb_api_key()
+    if not key:
+        reason = f"no API key (WANDB_API_KEY is unset and ~/.netrc has none for {host})"
+    else:
+        status = check_wandb_key(key, timeout)
+        if status == "ok":
+            return None
+        reason = f"{host} {'rejected the API key' if status == 'rejected' else 'could not be reached'}"
+    return (f"WANDB_MODE=online: {reason}; fix it (wandb login), or set WANDB_MODE=offline or unset "
+            "it to log offline")
+
+
 @dataclass
 class WandbMode:
     mode: str | None          # None: the user's WANDB_MODE, left to wandb
@@ -63,6 +81,9 @@ def choose_wandb_mode(timeout: float = KEY_CHECK_SECONDS) -> WandbMode:
         if user_mode not in WANDB_MODES:
             raise UserError(f"WANDB_MODE={user_mode}: not a W&B mode; use online, offline or "
                             "disabled, or unset it")
+        problem = online_mode_problem(timeout)
+        if problem is not None:
+            raise UserError(problem)
         return WandbMode(None)
     key = wandb_api_key()
     if not key:

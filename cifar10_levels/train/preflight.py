@@ -14,9 +14,11 @@ CIFAR10_TRAIN_IMAGES = 45_000   # the train split less the 10% validation split
 
 def preflight(recipe: Recipe, opts: RunOptions) -> None:
     """Raise one UserError listing every problem found (one line each); return if there are none."""
+    from ..tracking.trackers import tracker_problem
+
     problems = [p for p in (*recipe_problems(recipe), ema_problem(recipe, opts),
                             *batch_problems(recipe, opts), *source_problems(recipe, opts),
-                            *output_problems(recipe, opts)) if p]
+                            *output_problems(recipe, opts), tracker_problem(opts.report_to)) if p]
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:
