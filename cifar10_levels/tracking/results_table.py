@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint.meta import field_problem, is_fraction, is_int, is_number
 from ..recipes import LEVELS
 
 COLUMNS = ["Level", "Technique", "Model", "Test acc", "Target", "Status", "Run"]
@@ -42,11 +43,34 @@ def target_met(target: str, acc: float, seconds: float | None) -> bool | None:
     return met
 
 
+def _text(value) -> bool:
+    return isinstance(value, str) and len(value) <= 200 and value.isprintable()
+
+
+# what the table shows of a training run's results.json
+REPORT_FIELDS = {
+    "level": (lambda v: _text(v) or is_int(v), "a level name"),
+    "title": (_text, "a title"), "arch": (_text, "a model name"), "target": (_text, "a target"),
+    "test_acc": (is_fraction, "a number from 0 to 1"),
+    "test_acc_tta": (lambda v: v is None or is_fraction(v), "a number from 0 to 1, or null"),
+    "train_seconds": (lambda v: v is None or (is_number(v) and v >= 0), "seconds >= 0, or null"),
+}
+
+
 def _training_run(data: dict, run: str) -> RunResult:
+    problem = field_problem(data, REPORT_FIELDS, ("level", "test_acc"))
+    if problem is not None:
+        raise ValueError(problem)
     return RunResult(run=run, level=str(data["level"]), title=data.get("title", ""),
                      arch=data.get("arch", "?"), test_acc=float(data["test_acc"]),
                      test_acc_tta=data.get("test_acc_tta"), target=data.get("target", ""),
                      train_seconds=data.get("train_seconds"))
+
+
+def _fraction(value) -> float:
+    if not is_fraction(value):
+        raise ValueError(f"an accuracy is {value!r}, not a number from 0 to 1")
+    return value
 
 
 def _ensemble(data: dict, run: str) -> RunResult:
@@ -54,7 +78,7 @@ def _ensemble(data: dict, run: str) -> RunResult:
     best = data["best_vote"]
     return RunResult(run=run, level="4", title=f"ensemble, {best} vote",
                      arch=" + ".join(m["arch"] for m in data["members"]),
-                     test_acc=float(data["votes"][best]["test_acc"]), test_acc_tta=None,
+                     test_acc=_fraction(data["votes"][best]["test_acc"]), test_acc_tta=None,
                      target=LEVELS["4"].target, train_seconds=None)
 
 
@@ -68,8 +92,8 @@ def read_results(root: Path) -> list[RunResult]:
         read = _ensemble if path.name == "ensemble_results.json" else _training_run
         try:
             found.append(read(json.loads(path.read_text()), run))
-        except (ValueError, KeyError, TypeError):
-            print(f"warning: {path}: not in the shape train.py/ensemble.py write; skipped",
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            print(f"warning: {path}: not in the shape train.py/ensemble.py write ({err}); skipped",
                   file=sys.stderr)
     order = {level: i for i, level in enumerate(LEVEL_ORDER)}
     return sorted(found, key=lambda r: (order.get(r.level, len(order)), r.level, r.arch, r.run))
@@ -77,7 +101,12 @@ def read_results(root: Path) -> list[RunResult]:
 
 def markdown_table(columns: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]) + "\n"
+
+
+def cell(value) -> str:
+    """A table cell: a '|' or a line break inside it would start another cell or row."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def results_table(results: list[RunResult]) -> str:
