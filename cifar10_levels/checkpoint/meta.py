@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,7 +111,8 @@ def is_phase(value) -> bool:
 # each field a file may set: (what it must be, how to say so); recipe keys are the ones we read back
 META_FIELDS = {
     "arch": (is_name, "a model name"),
-    "level": (lambda v: is_name(v, 20), "a level name"),
+    "level": (lambda v: isinstance(v, str) and re.fullmatch(r"[\w.?-]{1,20}", v) is not None,
+              "a level name (letters, digits, _ . - ?)"),
     "img_size": (lambda v: is_int(v) and MIN_IMG_SIZE <= v <= MAX_IMG_SIZE,
                  f"an int from {MIN_IMG_SIZE} to {MAX_IMG_SIZE}"),
     "num_classes": (lambda v: is_int(v) and 2 <= v <= MAX_CLASSES, f"an int from 2 to {MAX_CLASSES}"),

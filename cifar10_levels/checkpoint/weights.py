@@ -97,7 +97,7 @@ def read_weights_meta(path: Path, flag: str = "--weights") -> CheckpointMeta:
     from ..models.factory import check_arch
 
     meta = export_meta(path, flag) if path.is_dir() else read_meta(path, flag)
-    check_arch(meta.arch, flag, path)
+    check_arch(meta.arch, flag, path / EXPORT_CONFIG if path.is_dir() else path)
     return meta
 
 

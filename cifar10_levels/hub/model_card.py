@@ -18,6 +18,14 @@ def text(value) -> str:
     return "".join("\\" + c if c in MARKDOWN_SPECIAL else c for c in escaped)
 
 
+def inert_json(value) -> str:
+    """JSON whose strings cannot end the code block or read as HTML where a renderer slips."""
+    text = json.dumps(value, indent=2)
+    for char in "<>&`":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
+
+
 def card_data(meta: CheckpointMeta, results: dict | None, name: str):
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -115,7 +123,7 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
     if wandb_url:
         lines.append(f"- Weights & Biases run: <{wandb_url}>")
     lines += ["", "<details><summary>full recipe</summary>", "", "```json",
-              json.dumps(recipe, indent=2), "```", "", "</details>", "",
+              inert_json(recipe), "```", "", "</details>", "",
               "## How to use", "", loading_snippet(meta, model_id),
               "Or with this project: `cifar10-predict --weights DIR_OR_CHECKPOINT images/` "
               "(an export directory works too).", "",
