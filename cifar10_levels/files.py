@@ -100,8 +100,8 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
         what = "a directory" if path.is_dir() else "not a regular file"
         raise UserError(f"{flag} {path}: {what}; pass a file name")
     if not path.parent.is_dir():
-        raise UserError(f"{flag} {path}: directory {path.parent} does not exist; create it first "
-                        "or pass another path")
+        what = "is not a directory" if path.parent.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: {path.parent} {what}; pass a path in an existing directory")
     try:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-test-"):
             pass

@@ -137,6 +137,7 @@ def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
     wandb_url = wandb_url or (results or {}).get("wandb_url")
     pictures = [checkpoint.parent / p for p in PICTURES
                 if results is not None and (checkpoint.parent / p).is_file()]
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     model_id = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}"
     name = repo_id.split("/")[-1] if repo_id else f"cifar10-{meta.arch}-level{meta.level}"
@@ -155,8 +156,12 @@ def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
         for file in (EXPORT_WEIGHTS, EXPORT_CONFIG, "README.md", *(p.name for p in pictures)):
             os.chmod(staging / file, 0o666 & ~UMASK)  # safetensors writes 0600
             os.replace(staging / file, out_dir / file)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a failed export (a full disk) leaves nothing behind
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
