@@ -21,7 +21,7 @@ class WriteFailed(UserError, OSError):
 
 
 def write_failed(path: str | os.PathLike | None, err: BaseException) -> WriteFailed:
-    full = getattr(err, "errno", None) in DISK_FULL or "No space left on device" in str(err)
+    full = getattr(err, "errno", None) in DISK_FULL or "no space left on device" in str(err).lower()
     reason = "no space left on device" if full else (getattr(err, "strerror", None) or
                                                      str(err).splitlines()[0][:120])
     advice = "free some space, then run it again" if full else "pass a writable path"

@@ -34,7 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     except OSError as err:
         raise write_failed(path, err) from None
     except Exception as err:  # safetensors' writer reports a full disk as its own error type
-        if "No space left on device" in str(err):
+        if "no space left on device" in str(err).lower():
             raise write_failed(path, err) from None
         raise
     finally:

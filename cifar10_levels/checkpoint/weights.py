@@ -72,13 +72,6 @@ def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
             and input_size[0] == 3 and input_size[1] == input_size[2]):
         raise UserError(f"{where}: pretrained_cfg.input_size is {json.dumps(input_size)[:60]}, not "
                         "[3, SIZE, SIZE]; export it again with cifar10-export")
-    model_args = config.get("model_args", {})
-    if not isinstance(model_args, dict) or set(model_args) - set(EXPORT_MODEL_ARGS) \
-            or model_args.get("num_classes", num_classes) != num_classes \
-            or cfg.get("num_classes", num_classes) != num_classes or model_args.get("in_chans", 3) != 3:
-        raise UserError(f"{where}: model_args {json.dumps(model_args)[:80]} are not what "
-                        f"cifar10-export writes (only {', '.join(EXPORT_MODEL_ARGS)}, {num_classes} "
-                        "classes, 3 channels); export it again with cifar10-export")
     names = config.get("label_names") or saved.get("class_names")
     if names is None and is_int(num_classes) and 2 <= num_classes <= MAX_CLASSES:
         names = [str(i) for i in range(num_classes)]
@@ -88,6 +81,13 @@ def export_meta(directory: Path, flag: str = "--weights") -> CheckpointMeta:
                              "num_classes": num_classes, "class_names": names,
                              "mean": cfg.get("mean"), "std": cfg.get("std")})
     check_meta(meta, directory / EXPORT_CONFIG, flag)
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, dict) or set(model_args) - set(EXPORT_MODEL_ARGS) \
+            or model_args.get("num_classes", num_classes) != num_classes \
+            or cfg.get("num_classes", num_classes) != num_classes or model_args.get("in_chans", 3) != 3:
+        raise UserError(f"{where}: model_args {json.dumps(model_args)[:80]} are not what "
+                        f"cifar10-export writes (only {', '.join(EXPORT_MODEL_ARGS)}, {num_classes} "
+                        "classes, 3 channels); export it again with cifar10-export")
     return meta
 
 

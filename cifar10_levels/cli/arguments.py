@@ -35,8 +35,8 @@ def number(kind, text: str):
 
 def ranged(kind, low: float | None = None, high: float | None = None, low_open: bool = False):
     """An argparse type: a finite `kind` from `low` (excluded where `low_open`) to `high`."""
-    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
-    bounds += [f"<= {high:g}"] if high is not None else []
+    bounds = [f"{'>' if low_open else '>='} {low}"] if low is not None else []
+    bounds += [f"<= {high}"] if high is not None else []
 
     def parse(text: str):
         value = number(kind, text)

@@ -115,7 +115,8 @@ def _decode(split, name: str, where: str) -> ImageSet:
                                     f"{pil.mode}; CIFAR-10 images are 32x32 RGB")
                 images[i] = np.asarray(pil)
         except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as err:
-            reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+            reason = "not an image file" if isinstance(err, PILImage.UnidentifiedImageError) else \
+                str(err).splitlines()[0][:120] if str(err) else type(err).__name__
             raise UserError(f"{where}: split '{name}' image {i} cannot be decoded ({reason}); "
                             f"{DAMAGED}") from None
     return ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),

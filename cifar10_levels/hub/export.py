@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, write_failed
 from ..files import UMASK
 from ..checkpoint.meta import BEST_NAME, MAX_CLASSES, META_FIELDS, field_problem, is_fraction, is_int, is_name, \
     is_number
@@ -156,10 +156,12 @@ def export_model(checkpoint: Path, out_dir: Path, repo_id: str | None = None,
         for file in (EXPORT_WEIGHTS, EXPORT_CONFIG, "README.md", *(p.name for p in pictures)):
             os.chmod(staging / file, 0o666 & ~UMASK)  # safetensors writes 0600
             os.replace(staging / file, out_dir / file)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a failed export (a full disk) leaves nothing behind
+        if isinstance(err, OSError):
+            raise write_failed(out_dir, err) from None
         raise
     shutil.rmtree(staging, ignore_errors=True)
     return out_dir

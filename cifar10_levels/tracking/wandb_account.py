@@ -62,8 +62,8 @@ def online_mode_problem(timeout: float = KEY_CHECK_SECONDS) -> str | None:
         if status == "ok":
             return None
         reason = f"{host} {'rejected the API key' if status == 'rejected' else 'could not be reached'}"
-    return (f"WANDB_MODE=online: {reason}; fix it (wandb login), or set WANDB_MODE=offline or unset "
-            "it to log offline")
+    return (f"WANDB_MODE=online: {reason}; fix the key (wandb login) or the network, or set "
+            "WANDB_MODE=offline (or unset it) to log offline")
 
 
 @dataclass
