@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cifar10 import GET_LOCAL_COPY, HUB_ID
+from .cifar10 import GET_LOCAL_COPY, HUB_ID, cache_problem
 from ..offline import unavailable_reason
 
 # The original python release (pickled batches), which is never unpickled here.
@@ -20,25 +20,6 @@ def hub_copy_cached() -> bool:
         f"datasets--{HUB_ID.replace('/', '--')}" / "snapshots"
     prepared = Path(datasets.config.HF_DATASETS_CACHE) / HUB_ID.replace("/", "___")
     return any(snapshots.glob("*/*")) or prepared.is_dir()
-
-
-def cache_problem() -> str | None:
-    """Why loading cannot write the caches it needs (datasets' Arrow files, our decoded tensors),
-    which live under HOME unless set apart; None when it can."""
-    import datasets.config
-
-    from ..files import unwritable_dir
-    from .cifar10 import CACHE_ENV, cache_dir
-
-    for directory in (Path(datasets.config.HF_DATASETS_CACHE), cache_dir()):
-        problem = unwritable_dir(directory)
-        if problem is not None:
-            where, why = problem
-            detail = why if where == directory else f"{where} {why}"
-            return (f"cannot write the data set cache {directory} ({detail}; HOME is {Path.home()}); "
-                    f"set HOME to a writable directory, or HF_HOME and {CACHE_ENV} to writable "
-                    "directories")
-    return None
 
 
 def dataset_problem(source: str | None, hub_up: bool) -> str | None:

@@ -123,10 +123,26 @@ def _decode(split, name: str, where: str) -> ImageSet:
                     torch.from_numpy(labels))
 
 
+def cache_problem() -> str | None:
+    """Why loading cannot write the caches it needs (datasets' Arrow files, our decoded tensors),
+    which live under HOME unless set apart; None when it can."""
+    import datasets.config
+
+    from ..files import unwritable_dir
+
+    for directory in (Path(datasets.config.HF_DATASETS_CACHE), cache_dir()):
+        problem = unwritable_dir(directory)
+        if problem is not None:
+            where, why = problem
+            detail = why if where == directory else f"{where} {why}"
+            return (f"cannot write the data set cache {directory} ({detail}; HOME is {Path.home()}); "
+                    f"set HOME to a writable directory, or HF_HOME and {CACHE_ENV} to writable "
+                    "directories")
+    return None
+
+
 def _load_dataset_dict(source: str | None):
     import datasets
-
-    from .checks import cache_problem
 
     problem = cache_problem()
     if problem is not None:  # else datasets' own error reads as a bad data set
