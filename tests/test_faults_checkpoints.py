@@ -18,6 +18,7 @@ import pytest
 from cifar10_levels.cli.evaluate import main as evaluate_main
 from cifar10_levels.cli.export import main as export_main
 from cifar10_levels.cli.predict import main as predict_main
+from cifar10_levels.cli.report import main as report_main
 
 from helpers.faults import assert_refused, call, edit_json, sha256_tree, write_checkpoint
 
@@ -209,4 +210,29 @@ def test_export_refuses_a_wandb_url_that_is_not_one(corpus, tmp_path):
     outcome = call(export_main, corpus / "good.safetensors", tmp_path / "out", "--wandb-url",
                    "javascript:alert(1)")
     assert_refused(outcome, "--wandb-url")
+    assert sha256_tree(tmp_path) == before
+
+
+REPORT_CASES = {  # results.json fields the report table shows
+    "test_acc_tta as a string": {"test_acc_tta": "high"},
+    "test_acc above 1": {"test_acc": 91.5},
+    "train_seconds as a list": {"train_seconds": [1]},
+    "title with a line break": {"title": "a\n| b |"},
+    "not an object": [1, 2],
+}
+
+
+@pytest.mark.parametrize("case", REPORT_CASES, ids=list(REPORT_CASES))
+def test_report_skips_a_results_json_that_is_not_in_shape(case, tmp_path):
+    good = {"level": "1", "title": "a | b", "arch": "test_resnet", "test_acc": 0.5}
+    for run, data in (("good", good), ("bad", REPORT_CASES[case] if isinstance(REPORT_CASES[case], list)
+                                       else {**good, **REPORT_CASES[case]})):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "results.json").write_text(json.dumps(data))
+    before = sha256_tree(tmp_path)
+    outcome = call(report_main, tmp_path)
+    assert outcome.code == 0 and "Traceback" not in outcome.stderr, outcome.stderr
+    assert f"warning: {tmp_path / 'bad' / 'results.json'}: not in the shape" in outcome.stderr
+    rows = [line for line in outcome.stdout.splitlines() if line.startswith("| 1 ")]
+    assert len(rows) == 1 and "a \\| b" in rows[0] and rows[0].endswith("| good |"), outcome.stdout
     assert sha256_tree(tmp_path) == before
