@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import UserError, write_failed
 from ..files import UMASK
-from ..checkpoint.meta import BEST_NAME, MAX_CLASSES, META_FIELDS, field_problem, is_fraction, is_int, is_name, \
-    is_number
+from ..checkpoint.meta import BEST_NAME, MAX_CLASSES, META_FIELDS, field_problem, is_fraction, \
+    is_int, is_name, is_number
 from ..checkpoint.weights import EXPORT_CONFIG, EXPORT_WEIGHTS, META_KEY
 
 HUB_EXPORT_DIR = "hub_export"           # inside a run directory, for train.py --push-to-hub
