@@ -8,8 +8,9 @@ from ..recipes import Recipe
 from .meta import BEST_NAME, LAST_NAME
 
 STATE_DIR = "state"     # Accelerate's save_state + train_state.json, for --resume
+RESULTS_NAME = "results.json"   # written last: the run is finished
 # Any of these in a directory means a run (finished or not) lives there.
-RUN_FILES = (BEST_NAME, LAST_NAME, "results.json", "history.jsonl",
+RUN_FILES = (BEST_NAME, LAST_NAME, RESULTS_NAME, "history.jsonl",
              STATE_DIR, STATE_DIR + ".old", STATE_DIR + ".tmp")
 
 

@@ -245,13 +245,17 @@ def train_main(argv: list[str] | None = None) -> int:
         from ..hub.export import check_push_ready
         hub_token = check_push_ready(args.push_to_hub)
     from ..train.step_hooks import Stopped
-    from ..train.trainer import Trainer
+    from ..train.trainer import RunFinished, Trainer
 
     try:
         trainer = Trainer(recipe, opts)
         trainer.fit()
     except Stopped:
         return 143
+    except RunFinished as finished:
+        if trainer.accelerator.is_main_process:
+            print(finished, flush=True)
+        return 0
     if args.push_to_hub and trainer.accelerator.is_main_process:
         from ..hub.export import push_after_training
         push_after_training(trainer.run_dir, args.push_to_hub, args.hub_private, hub_token)

@@ -43,12 +43,14 @@ def history(run_dir: Path) -> list[dict]:
 
 
 def ema_state(run_dir: Path) -> dict:
-    """The EMA as save_state wrote it (a file of our own run: tensors and an int only)."""
-    import torch
+    """The EMA as save_state wrote it: {"weights": its tensors, "updates": the update count}."""
+    from safetensors import safe_open
 
-    from cifar10_levels.train.ema import EMA_STATE_FILE
+    from cifar10_levels.checkpoint.resume_state import EMA_FILE
 
-    return torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)
+    with safe_open(str(run_dir / "state" / EMA_FILE), framework="pt") as f:
+        return {"weights": {k: f.get_tensor(k) for k in f.keys()},
+                "updates": int(f.metadata()["updates"])}
 
 
 def check_every_file_loads(run_dir: Path) -> None:
