@@ -132,6 +132,7 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     """The run directory: writable, and never a finished or unfinished run replaced silently."""
     from ..files import check_writable_dir
     from ..checkpoint.run_dir import check_run_name, run_dir, run_dir_problem
+    from ..checkpoint.run_lock import busy_problem
 
     if (opts.resume or opts.resume_auto) and opts.overwrite:
         flag = "--resume auto" if opts.resume_auto else "--resume"
@@ -147,7 +148,8 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     if directory.exists() and not directory.is_dir():
         return [f"--run-name: the run directory {directory} is a file; pass another --run-name "
                 "or --output-dir"]
-    return [run_dir_problem(directory, opts.resume, opts.overwrite, opts.resume_auto)
+    return [busy_problem(directory)
+            or run_dir_problem(directory, opts.resume, opts.overwrite, opts.resume_auto)
             or (saved_state_problem(recipe, directory) if opts.resume else None)]
 
 
