@@ -2,6 +2,7 @@
 trained once per session), and what the tests read back from a run directory."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,3 +95,10 @@ def outcome(run_dir: Path) -> dict:
 def same_tensors(a: Path, b: Path) -> bool:
     ta, tb = load_file(a), load_file(b)
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every file under `directory` (hidden ones too) with its sha256: equal before and after means
+    untouched."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
