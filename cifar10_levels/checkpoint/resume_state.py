@@ -191,6 +191,10 @@ def check_random_states(path: Path) -> None:
     """A process's random state, tried on each generator (then the current one put back)."""
     saved = load_pickled_tensors(path)
     python, numpy, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    generator = saved.get("torch_manual_seed") if isinstance(saved, dict) else None
+    if not (isinstance(generator, torch.Tensor) and generator.dtype == torch_state.dtype
+            and generator.shape == torch_state.shape):  # torch takes a wrong one without a check
+        raise damaged(path, "not a random state: no torch generator state")
     try:
         random.setstate(saved["random_state"])
         np.random.set_state(saved["numpy_random_seed"])
