@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -152,8 +154,13 @@ def load_pickled_tensors(path: Path):
     from accelerate.utils import load
 
     try:
-        return load(path, map_location="cpu")
-    except Exception as err:  # UnpicklingError, RuntimeError (truncated zip), EOFError, ...
+        with warnings.catch_warnings():  # torch warns of a pickle protocol it will refuse anyway
+            warnings.simplefilter("ignore")
+            return load(path, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise damaged(path, "it holds objects other than tensors and numbers, possibly code; not "
+                      "loaded") from None
+    except Exception as err:  # RuntimeError (truncated zip), EOFError, ...
         raise damaged(path, f"not a state file Accelerate saved: {first_line(err)}") from None
 
 
