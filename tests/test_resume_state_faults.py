@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers.commands import train
+from helpers.commands import ROOT, train
 from helpers.runs import snapshot
 
 RUN = "L1-test_resnet-s42"
@@ -107,6 +107,7 @@ DAMAGE = {
         {"random_state": 5, "numpy_random_seed": 1, "torch_manual_seed": torch.zeros(3)}, s / "random_states_0.pkl")),
     "ema truncated": ("ema.safetensors", lambda s: truncate(s / "ema.safetensors")),
     "ema of another shape": ("ema.safetensors", reshape_first("ema.safetensors")),
+    "ema missing": ("ema.safetensors", lambda s: (s / "ema.safetensors").unlink()),
     "a file the state never holds": ("notes.txt", lambda s: (s / "notes.txt").write_text("x")),
 }
 
@@ -163,3 +164,8 @@ def test_the_undamaged_state_resumes(run, tiny_cifar):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming from" in result.stdout
     assert len((run / "history.jsonl").read_text().splitlines()) == 2
+
+
+def test_every_case_is_documented():
+    table = (ROOT / "docs" / "bad_inputs.md").read_text()
+    assert all(f"| {case} |" in table for case in DAMAGE)

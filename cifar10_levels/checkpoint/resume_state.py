@@ -45,7 +45,8 @@ def damaged(path: Path, what: str) -> UserError:
 
 
 def first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0][:160]
+    """The error's first sentence: what went wrong, without the library's advice after it."""
+    return (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:160]
 
 
 def read_train_state(path: Path) -> TrainState:
@@ -86,6 +87,15 @@ def field_problem(name: str, value) -> str | None:
 def write_recipe(state_dir: Path, recipe: dict) -> None:
     with atomic_path(state_dir / RECIPE_FILE) as tmp:
         Path(tmp).write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def saved_ema_decay(state_dir: Path) -> float | None:
+    """The --ema of the run saved in `state_dir` (0: none) as recipe.json records it; None unknown."""
+    try:
+        decay = json.loads((state_dir / RECIPE_FILE).read_text())["ema_decay"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError):
+        return None
+    return decay if isinstance(decay, (int, float)) else None
 
 
 def recipe_problem(state_dir: Path, recipe: dict) -> str | None:

@@ -54,10 +54,12 @@ class WeightEma:
 def resume_problem(state_dir: Path | None, ema: bool) -> str | None:
     """--resume with --ema of a run saved without an EMA (nothing to restore it from), or without
     --ema of a run saved with one."""
-    from ..checkpoint.resume_state import EMA_FILE
+    from ..checkpoint.resume_state import EMA_FILE, damaged, saved_ema_decay
 
     if state_dir is None or (state_dir / EMA_FILE).is_file() == ema:
         return None
+    if ema and saved_ema_decay(state_dir):
+        return str(damaged(state_dir / EMA_FILE, "missing"))
     if ema:
         return (f"--ema: the run saved in {state_dir.parent} was trained without --ema; resume it "
                 "without --ema, or start a new run")
