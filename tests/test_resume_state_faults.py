@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers.commands import ROOT, train
+from helpers.commands import ROOT, assert_refused, train
 from helpers.runs import snapshot
 
 RUN = "L1-test_resnet-s42"
@@ -52,16 +52,12 @@ def resume(tiny_cifar, run: Path, *args: str):
     return train(tiny_cifar, run.parent, *TINY, *TWO_EPOCHS, "--resume", *args, check=False)
 
 
-def assert_refused(result, *words: str) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(word in lines[0] for word in words), lines[0]
-
-
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda state: (state / name).write_bytes(content)
 
 
 def edit_train_state(**changes) -> Callable[[Path], None]:
@@ -89,8 +85,8 @@ def optimizer_of_another_model(state: Path) -> None:
 
 
 DAMAGE = {
-    "train_state.json garbage": ("train_state.json", lambda s: (s / "train_state.json").write_bytes(b"\x00\xff{")),
-    "train_state.json a list": ("train_state.json", lambda s: (s / "train_state.json").write_text("[]")),
+    "train_state.json garbage": ("train_state.json", write("train_state.json", b"\x00\xff{")),
+    "train_state.json a list": ("train_state.json", write("train_state.json", b"[]")),
     "train_state.json phase a string": ("phase", edit_train_state(phase="1")),
     "train_state.json step negative": ("step", edit_train_state(step=-3)),
     "train_state.json history a number": ("history", edit_train_state(history=5)),
@@ -101,14 +97,15 @@ DAMAGE = {
     "optimizer truncated": ("optimizer.bin", lambda s: truncate(s / "optimizer.bin")),
     "optimizer missing": ("optimizer.bin", lambda s: (s / "optimizer.bin").unlink()),
     "optimizer of another model": ("optimizer.bin", optimizer_of_another_model),
-    "scheduler empty": ("scheduler.bin", lambda s: (s / "scheduler.bin").write_bytes(b"")),
-    "random state garbage": ("random_states_0.pkl", lambda s: (s / "random_states_0.pkl").write_bytes(b"garbage")),
+    "scheduler empty": ("scheduler.bin", write("scheduler.bin", b"")),
+    "random state garbage": ("random_states_0.pkl", write("random_states_0.pkl", b"garbage")),
     "random state of the wrong kind": ("random_states_0.pkl", lambda s: torch.save(
-        {"random_state": 5, "numpy_random_seed": 1, "torch_manual_seed": torch.zeros(3)}, s / "random_states_0.pkl")),
+        {"random_state": 5, "numpy_random_seed": 1, "torch_manual_seed": torch.zeros(3)},
+        s / "random_states_0.pkl")),
     "ema truncated": ("ema.safetensors", lambda s: truncate(s / "ema.safetensors")),
     "ema of another shape": ("ema.safetensors", reshape_first("ema.safetensors")),
     "ema missing": ("ema.safetensors", lambda s: (s / "ema.safetensors").unlink()),
-    "a file the state never holds": ("notes.txt", lambda s: (s / "notes.txt").write_text("x")),
+    "a file the state never holds": ("notes.txt", write("notes.txt", b"x")),
 }
 
 

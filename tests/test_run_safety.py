@@ -11,7 +11,7 @@ import pytest
 
 from cifar10_levels.errors import UserError
 
-from helpers.commands import start_train, train
+from helpers.commands import assert_refused, start_train, train
 from helpers.runs import snapshot
 
 TOY = ["--arch", "test_resnet", "--train-limit", "40", "--eval-limit", "20", "--epochs", "0", "1",
@@ -33,16 +33,6 @@ def copy_run(finished: Path, tmp_path: Path) -> Path:
     return run
 
 
-def refused(result, *words: str) -> str:
-    """The one error line of an exit-2 refusal, which names each of `words`."""
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(word in lines[0] for word in words), lines[0]
-    return lines[0]
-
-
 def test_every_file_a_run_writes_counts_as_the_runs(finished):
     from cifar10_levels.checkpoint.run_dir import foreign_entries
 
@@ -56,7 +46,7 @@ def test_overwrite_refuses_a_directory_that_holds_no_run(tiny_cifar, tmp_path):
     (photos / "img1.txt").write_text("x")
     before = snapshot(tmp_path)
     result = train(tiny_cifar, tmp_path, *TOY, "--run-name", "photos", "--overwrite", check=False)
-    refused(result, "--overwrite", str(tmp_path / "photos"), "holiday", "nothing was deleted")
+    assert_refused(result, "--overwrite", str(tmp_path / "photos"), "holiday", "nothing was deleted")
     assert snapshot(tmp_path) == before
 
 
@@ -68,7 +58,7 @@ def test_overwrite_refuses_a_run_directory_holding_anything_else(finished, tiny_
     (run / "linked").symlink_to(tmp_path)
     before = snapshot(run)
     result = train(tiny_cifar, tmp_path, *TOY, "--overwrite", check=False)
-    refused(result, "--overwrite", str(run), "data, linked, notes.txt")
+    assert_refused(result, "--overwrite", str(run), "data, linked, notes.txt")
     assert snapshot(run) == before
 
 
@@ -97,9 +87,10 @@ def test_a_second_run_in_a_busy_run_directory_is_refused(tiny_cifar, tmp_path):
         first.send_signal(signal.SIGSTOP)
         run = tmp_path / RUN
         before = snapshot(run)
-        refused(train(tiny_cifar, tmp_path, *TOY, check=False), str(run), f"process {first.pid}")
-        refused(train(tiny_cifar, tmp_path, *TOY, "--seed", "7", "--run-name", RUN, "--overwrite",
-                      check=False), str(run), f"process {first.pid}")
+        assert_refused(train(tiny_cifar, tmp_path, *TOY, check=False), str(run), f"process {first.pid}")
+        again = train(tiny_cifar, tmp_path, *TOY, "--seed", "7", "--run-name", RUN, "--overwrite",
+                      check=False)
+        assert_refused(again, str(run), f"process {first.pid}")
         assert snapshot(run) == before
     finally:
         first.kill()
@@ -127,7 +118,7 @@ def test_resume_of_a_finished_run_changes_nothing(finished, tiny_cifar, tmp_path
     run = copy_run(finished, tmp_path)
     before = snapshot(run)
     result = train(tiny_cifar, tmp_path, *TOY, *change, "--resume", check=False)
-    refused(result, "finished", str(run), "cifar10-evaluate --weights")
+    assert_refused(result, "finished", str(run), "cifar10-evaluate --weights")
     assert snapshot(run) == before
 
 

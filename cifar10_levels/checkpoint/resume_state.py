@@ -177,16 +177,17 @@ def load_pickled_tensors(path: Path):
 def check_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     """The saved optimizer state fits `optimizer`: its groups, their sizes and each tensor's shape."""
     saved = load_pickled_tensors(path)
-    if not (isinstance(saved, dict) and isinstance(saved.get("state"), dict)
-            and isinstance(saved.get("param_groups"), list)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved["param_groups"])):
+    saved = saved if isinstance(saved, dict) else {}
+    groups = saved.get("param_groups")
+    if not (isinstance(saved.get("state"), dict) and isinstance(groups, list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)):
         raise damaged(path, "not an optimizer state (state and param_groups)")
-    sizes = [len(g["params"]) for g in saved["param_groups"]]
+    sizes = [len(g["params"]) for g in groups]
     expected = [len(g["params"]) for g in optimizer.param_groups]
     if sizes != expected:
         raise damaged(path, f"parameter groups of {sizes} parameters, the optimizer's {expected}; "
                       "saved by another model or phase?")
-    params = dict(zip((i for g in saved["param_groups"] for i in g["params"]),
+    params = dict(zip((i for g in groups for i in g["params"]),
                       (p for g in optimizer.param_groups for p in g["params"])))
     for index, values in saved["state"].items():
         if index not in params or not isinstance(values, dict):
