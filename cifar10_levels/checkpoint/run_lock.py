@@ -37,7 +37,10 @@ def busy_message(directory: Path, path: Path) -> str:
 
 
 def busy_problem(directory: Path) -> str | None:
-    """Why `directory` cannot be used now (another run holds its lock), or None; takes nothing."""
+    """Why `directory` cannot be used now (another run holds its lock), or None; takes nothing. Asked
+    by the lock's holders only: the other processes of a launch run under their machine's main."""
+    if not holds_lock():
+        return None
     path = lock_path(directory)
     try:
         fd = os.open(path, os.O_RDONLY)
