@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -51,9 +50,8 @@ def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, ti
 
     proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--resume")
     wait_for(proc, lambda: len(history(run_dir)) >= 2)
-    time.sleep(history(run_dir)[-1]["epoch_seconds"] / 2)
     assert proc.poll() is None
-    proc.kill()                        # SIGKILL in the middle of epoch 3
+    proc.kill()                        # SIGKILL in epoch 3: a whole epoch before the run can finish
     proc.communicate()
     check_every_file_loads(run_dir)
 

@@ -10,17 +10,13 @@ from pathlib import Path
 from cifar10_levels.cli.train import train_main
 
 from helpers.commands import ROOT, TINY_TRAIN, run_cli, train
+from helpers.runs import snapshot
 
 TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2"]
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def snapshot(run: Path) -> dict[str, str]:
-    """Every file of a run with its sha256: equal before and after means untouched."""
-    return {str(p.relative_to(run)): sha256(p) for p in sorted(run.rglob("*")) if p.is_file()}
 
 
 def test_a_second_seed_keeps_the_first_run_and_ensemble_and_report_find_both(tiny_cifar, tmp_path):

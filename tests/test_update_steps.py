@@ -18,6 +18,7 @@ from cifar10_levels.optim.factory import build_optimizer, build_scheduler
 from cifar10_levels.recipes import get_recipe
 
 from helpers.commands import read_results, train
+from helpers.runs import ema_state
 
 BATCHES, ACCUM = 20, 3          # 160 images in batches of 8; accumulation over 3 of them
 STEPS_PER_EPOCH = math.ceil(BATCHES / ACCUM)  # the last, shorter accumulation steps too
@@ -195,14 +196,11 @@ def test_resume_between_the_phases_restores_the_ema_bit_for_bit(accumulated, tin
     """Phase 1 alone, then --resume with phase 2 added: the same EMA and weights as the run of both."""
     from safetensors.torch import load_file
 
-    from cifar10_levels.train.ema import EMA_STATE_FILE
-
     train(tiny_cifar, tmp_path, *ARGS, "--epochs", "1", "0")
     run_dir, expected_dir = next(tmp_path.glob("*/results.json")).parent, accumulated["run_dir"]
-    assert torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)["updates"] == STEPS_PER_EPOCH
+    assert ema_state(run_dir)["updates"] == STEPS_PER_EPOCH
     train(tiny_cifar, tmp_path, *ARGS, "--resume")
-    resumed, expected = (torch.load(d / "state" / EMA_STATE_FILE, weights_only=True)
-                         for d in (run_dir, expected_dir))
+    resumed, expected = (ema_state(d) for d in (run_dir, expected_dir))
     assert resumed["updates"] == expected["updates"] == 2 * STEPS_PER_EPOCH
     assert all(torch.equal(resumed["weights"][k], v) for k, v in expected["weights"].items())
     last, expected_last = (load_file(d / "last.safetensors") for d in (run_dir, expected_dir))

@@ -2,7 +2,6 @@
 write them (the global main on a shared disk, each machine's main on machine-local disks)."""
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from dataclasses import asdict
@@ -19,6 +18,8 @@ from .meta import BEST_NAME
 from ..errors import UserError
 from ..files import check_writable_dir, ensure_writable_dir, remove_stale_temporaries, write_json
 from ..recipes import Recipe
+from .resume_state import EMA_FILE, TRAIN_STATE_FILE, read_ema, read_train_state, save_ema, \
+    state_problem, write_recipe
 from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, replace_dir
 from .state_dict import clean_state_dict, load_full_state_dict
 from .train_state import TrainState
@@ -42,8 +43,9 @@ def make_checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val
 class RunStore:
     """The run directory's checkpoints and state. Every method is called on every process."""
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, overwrite: bool):
-        self.accelerator, self.run_dir, self.overwrite = accelerator, run_dir, overwrite
+    def __init__(self, accelerator: Accelerator, run_dir: Path, overwrite: bool, recipe: Recipe):
+        self.accelerator, self.run_dir, self.overwrite, self.recipe = accelerator, run_dir, overwrite, recipe
+        self.ema = None  # the run's train.ema.WeightEma, once the model exists (with --ema)
         if accelerator.is_local_main_process:  # every machine writes its own copy unless the disk is shared
             check_writable_dir(run_dir)  # created in prepare_output_dir: bad input leaves nothing behind
         accelerator.wait_for_everyone()
@@ -115,7 +117,10 @@ class RunStore:
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if self.writes_files:
-                write_json(tmp / "train_state.json", asdict(state))
+                if self.ema is not None:
+                    save_ema(tmp / EMA_FILE, self.ema.module.state_dict(), self.ema.updates)
+                write_recipe(tmp, self.recipe.to_dict())
+                write_json(tmp / TRAIN_STATE_FILE, asdict(state))
                 replace_dir(tmp, self.run_dir / STATE_DIR)
         except OSError:  # a full disk: the saved state before this one stays, no half-written copy
             if self.writes_files:
@@ -123,9 +128,27 @@ class RunStore:
             raise
         accelerator.wait_for_everyone()
 
+    def check_state(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """--resume, before anything is written: every file of the saved state fits `model` and
+        `optimizer` (built as the phase that goes on builds them); every process agrees."""
+        fsdp = self.accelerator.distributed_type.name == "FSDP"
+        problem = state_problem(self.state_dir, model, optimizer, self.ema and self.ema.module, fsdp)
+        if not on_every_process(self.accelerator, problem is None):
+            raise UserError(problem or f"--resume: the saved state of {self.run_dir} is damaged on "
+                            "another machine; restore it from a copy, or start the run again with "
+                            "--overwrite")
+
+    def load_state(self) -> None:
+        """The checked state into the prepared model, optimizer and scheduler, the random states and
+        the EMA."""
+        self.accelerator.load_state(str(self.state_dir))
+        if self.ema is not None:
+            weights, self.ema.updates = read_ema(self.state_dir / EMA_FILE, self.ema.module)
+            self.ema.module.load_state_dict(weights)
+
     def load_train_state(self) -> TrainState:
         """The saved TrainState, its best raised to best.safetensors' when that one is better."""
-        state = TrainState(**json.loads((self.state_dir / "train_state.json").read_text()))
+        state = read_train_state(self.state_dir / TRAIN_STATE_FILE)
         best = self.best_checkpoint
         if best.exists():  # saved after the state: a kill in between must not let a worse one replace it
             meta = read_meta(best)

@@ -227,7 +227,8 @@ def train_main(argv: list[str] | None = None) -> int:
     from ..checkpoint.run_dir import resolve_resume, run_dir
     from ..train.options import RunOptions
 
-    resume = resolve_resume(args.resume, run_dir(args.output_dir, recipe, args.run_name))
+    directory = run_dir(args.output_dir, recipe, args.run_name)
+    resume = resolve_resume(args.resume, directory)
     opts = RunOptions(
         output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,
         eval_limit=args.eval_limit, pretrained_file=args.pretrained_file, resume=resume,
@@ -244,17 +245,23 @@ def train_main(argv: list[str] | None = None) -> int:
     if args.push_to_hub:
         from ..hub.export import check_push_ready
         hub_token = check_push_ready(args.push_to_hub)
+    from ..checkpoint.run_lock import locked_run_dir
     from ..train.step_hooks import Stopped
-    from ..train.trainer import Trainer
+    from ..train.trainer import RunFinished, Trainer
 
-    try:
-        trainer = Trainer(recipe, opts)
-        trainer.fit()
-    except Stopped:
-        return 143
-    if args.push_to_hub and trainer.accelerator.is_main_process:
-        from ..hub.export import push_after_training
-        push_after_training(trainer.run_dir, args.push_to_hub, args.hub_private, hub_token)
+    with locked_run_dir(directory):
+        try:
+            trainer = Trainer(recipe, opts)
+            trainer.fit()
+        except Stopped:
+            return 143
+        except RunFinished as finished:
+            if trainer.accelerator.is_main_process:
+                print(finished, flush=True)
+            return 0
+        if args.push_to_hub and trainer.accelerator.is_main_process:
+            from ..hub.export import push_after_training
+            push_after_training(trainer.run_dir, args.push_to_hub, args.hub_private, hub_token)
     return 0
 
 

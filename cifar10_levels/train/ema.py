@@ -11,13 +11,11 @@ from ..data.normalize import Normalizer
 from ..evaluation.evaluate import EvalResult, evaluate
 from ..runtime.precision import Amp
 
-EMA_STATE_FILE = "custom_checkpoint_0.pkl"  # Accelerate's name for the first registered object
-
 
 class WeightEma:
     """One per process, built from the unwrapped model where it lives (its device); every process
-    holds the same average at the end of each epoch. Accelerate's save_state/load_state carry it
-    (`register_for_checkpointing`): the averaged weights and the number of updates."""
+    holds the same average at the end of each epoch. The run's resume state carries it
+    (checkpoint.resume_state.EMA_FILE): the averaged weights and the number of updates."""
 
     def __init__(self, model: nn.Module, decay: float):
         from timm.utils.model_ema import ModelEmaV3
@@ -52,29 +50,28 @@ class WeightEma:
             return evaluate(accelerator, self.module, loader, normalize, tta,
                             autocast=amp.unprepared_autocast)
 
-    def state_dict(self) -> dict:
-        return {"updates": self.updates, "weights": self.module.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.updates = int(state["updates"])
-        self.module.load_state_dict(state["weights"])
+def resume_problem(state_dir: Path | None, ema: bool) -> str | None:
+    """--resume with --ema of a run saved without an EMA (nothing to restore it from), or without
+    --ema of a run saved with one."""
+    from ..checkpoint.resume_state import EMA_FILE, damaged, saved_ema_decay
 
-
-def resume_problem(state_dir: Path | None) -> str | None:
-    """--ema --resume of a run saved without an EMA: nothing to restore it from."""
-    if state_dir is not None and not (state_dir / EMA_STATE_FILE).is_file():
+    if state_dir is None or (state_dir / EMA_FILE).is_file() == ema:
+        return None
+    if ema and saved_ema_decay(state_dir):
+        return str(damaged(state_dir / EMA_FILE, "missing"))
+    if ema:
         return (f"--ema: the run saved in {state_dir.parent} was trained without --ema; resume it "
                 "without --ema, or start a new run")
-    return None
+    return (f"--resume: the run saved in {state_dir.parent} was trained with --ema; resume it with "
+            "the same --ema, or start a new run")
 
 
 def make_ema(accelerator, model: nn.Module, decay: float) -> WeightEma | None:
-    """The run's EMA (None when `decay` is 0), registered with Accelerate's save_state/load_state."""
+    """The run's EMA (None when `decay` is 0)."""
     if not decay:
         return None
-    ema = WeightEma(model.to(accelerator.device), decay)  # prepare() would move the model there anyway
-    accelerator.register_for_checkpointing(ema)
-    return ema
+    return WeightEma(model.to(accelerator.device), decay)  # prepare() would move the model there anyway
 
 
 def final_weights(accelerator, model: nn.Module, ema: WeightEma, loader, normalize: Normalizer,

@@ -53,17 +53,17 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
 
 
 def ema_problem(recipe: Recipe, opts: RunOptions) -> str | None:
-    """FSDP shards the weights that ModelEmaV3 copies whole: refused rather than half supported."""
+    """FSDP shards the weights that ModelEmaV3 copies whole: refused rather than half supported. A
+    resumed run keeps its --ema or its absence."""
     from .ema import resume_problem
     from ..checkpoint.run_dir import find_state_dir, run_dir
 
-    if not recipe.ema_decay:
-        return None
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if recipe.ema_decay and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return ("--ema: not supported under FSDP (timm's ModelEmaV3 needs the whole model on every "
                 "process); drop --ema, or launch with DDP (accelerate_configs/multi_gpu.yaml)")
     directory = run_dir(opts.output_dir, recipe, opts.run_name)
-    return resume_problem(find_state_dir(directory)) if opts.resume and directory.is_dir() else None
+    return resume_problem(find_state_dir(directory), bool(recipe.ema_decay)) \
+        if opts.resume and directory.is_dir() else None
 
 
 def img_size_problem(recipe: Recipe) -> str | None:
@@ -134,6 +134,7 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     """The run directory: writable, and never a finished or unfinished run replaced silently."""
     from ..files import check_writable_dir
     from ..checkpoint.run_dir import check_run_name, run_dir, run_dir_problem
+    from ..checkpoint.run_lock import busy_problem
 
     if (opts.resume or opts.resume_auto) and opts.overwrite:
         flag = "--resume auto" if opts.resume_auto else "--resume"
@@ -149,4 +150,20 @@ def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
     if directory.exists() and not directory.is_dir():
         return [f"--run-name: the run directory {directory} is a file; pass another --run-name "
                 "or --output-dir"]
-    return [run_dir_problem(directory, opts.resume, opts.overwrite, opts.resume_auto)]
+    return [busy_problem(directory)
+            or run_dir_problem(directory, opts.resume, opts.overwrite, opts.resume_auto)
+            or (saved_state_problem(recipe, directory) if opts.resume else None)]
+
+
+def saved_state_problem(recipe: Recipe, directory: Path) -> str | None:
+    """--resume: train_state.json readable, and the recipe's model the saved run's (the other files
+    are checked against the built model and optimizer before they load)."""
+    from ..checkpoint.resume_state import TRAIN_STATE_FILE, read_train_state, recipe_problem
+    from ..checkpoint.run_dir import find_state_dir
+
+    state_dir = find_state_dir(directory)
+    try:
+        read_train_state(state_dir / TRAIN_STATE_FILE)
+    except UserError as err:
+        return str(err)
+    return recipe_problem(state_dir, recipe.to_dict())

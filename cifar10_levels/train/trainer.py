@@ -8,9 +8,9 @@ import torch
 from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
-from ..checkpoint.run_dir import STATE_DIR, run_dir, run_name
+from ..checkpoint.run_dir import RESULTS_NAME, STATE_DIR, run_dir, run_name
 from ..checkpoint.file_checks import check_pretrained_file
-from ..checkpoint.run_store import RunStore, make_checkpoint_meta
+from ..checkpoint.run_store import RunStore, make_checkpoint_meta, on_every_process
 from ..checkpoint.train_state import TrainState
 from ..data.augment import TrainAugment
 from ..data.normalize import Normalizer
@@ -38,6 +38,10 @@ from .setup import check_batch_fits, make_accelerator, make_loaders, make_losses
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
 
 
+class RunFinished(Exception):
+    """--resume auto of a finished run: nothing to do, and no error (a requeued job ends cleanly)."""
+
+
 class Trainer:
     """A run set up in `__init__`'s named steps, in an order the seeds depend on; trained by `fit`."""
 
@@ -57,7 +61,7 @@ class Trainer:
         """The run directory, the Accelerator and its precision, the store of checkpoints and state."""
         self.run_dir = run_dir(self.opts.output_dir, self.recipe, self.opts.run_name)
         self.accelerator, self.amp = make_accelerator(self.recipe, self.opts, self.run_dir)
-        self.store = RunStore(self.accelerator, self.run_dir, self.opts.overwrite)
+        self.store = RunStore(self.accelerator, self.run_dir, self.opts.overwrite, self.recipe)
         if self.opts.resume or self.opts.resume_auto:
             self.store.check_resumable(auto=self.opts.resume_auto)
 
@@ -76,7 +80,7 @@ class Trainer:
         self.channels_last = uses_channels_last(recipe, self.opts, device)
         self.model = self.base_model = ready_model(model, self.data, self.channels_last)
         self.num_params = count_parameters(self.base_model)
-        self.ema = make_ema(self.accelerator, self.base_model, recipe.ema_decay)
+        self.ema = self.store.ema = make_ema(self.accelerator, self.base_model, recipe.ema_decay)
 
     def _setup_augmentation(self) -> None:
         """Normalisation, the training augmentation and the losses, after the per-process seed."""
@@ -152,9 +156,13 @@ class Trainer:
 
     def fit(self) -> dict:
         """Every phase's epochs (from where the saved state left off on --resume), then the test set."""
-        self.print_setup()
-        self.store.prepare_output_dir()
         resuming = self.opts.resume
+        if resuming:
+            self.check_not_finished()
+        self.print_setup()
+        if resuming:
+            self.check_saved_state()
+        self.store.prepare_output_dir()
         if resuming:
             self.rewind_to_saved_state()
         self.log.start()
@@ -169,7 +177,7 @@ class Trainer:
                         state.phase, state.epoch, state.step = index, 0, 0
                     self.prepare_phase(index, phase)
                     if resuming:  # the phase's optimizer and schedule exist now: load their state
-                        self.accelerator.load_state(str(self.store.state_dir))
+                        self.store.load_state()
                         resuming = False
                     hooks = self.step_hooks(phase)
                     while state.epoch < self.length.epochs(index):
@@ -207,6 +215,30 @@ class Trainer:
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
 
+    def check_not_finished(self) -> None:
+        """--resume of a run whose results.json is written and that has no epoch left to train (more
+        --epochs may extend it): nothing is changed; re-evaluating is cifar10-evaluate's job."""
+        state, phases = self.state, range(len(self.recipe.phases))
+        left = any(self.length.epochs(i) > (state.epoch if i == state.phase else 0)
+                   for i in phases if i >= state.phase)
+        done = (self.run_dir / RESULTS_NAME).is_file() and not left
+        if on_every_process(self.accelerator, not done):
+            return
+        if self.opts.resume_auto:
+            raise RunFinished(f"--resume auto: the run in {self.run_dir} is finished "
+                              f"({RESULTS_NAME}); nothing to do")
+        raise UserError(f"--resume: the run in {self.run_dir} is finished ({RESULTS_NAME}) and is "
+                        f"left as it is; evaluate it again with cifar10-evaluate --weights "
+                        f"{self.run_dir}, or train more with a larger --epochs")
+
+    def check_saved_state(self) -> None:
+        """--resume, before anything is written: the saved files fit the model and the optimizer of
+        the phase that goes on (built here as prepare_phase builds it)."""
+        index = next((i for i in range(self.state.phase, len(self.recipe.phases))
+                      if self.length.epochs(i) > 0), self.state.phase)
+        set_backbone_trainable(self.base_model, self.recipe.phases[index].train_backbone)
+        self.store.check_state(self.base_model, self.phase_optimizer(index))
+
     def rewind_to_saved_state(self) -> None:
         """history.jsonl back to the saved state (epochs logged after it dropped), and where it goes on."""
         state = self.state
@@ -217,14 +249,17 @@ class Trainer:
 
     def prepare_phase(self, index: int, phase: Phase) -> None:
         set_backbone_trainable(self.base_model, phase.train_backbone)
-        lr = scaled_lr(phase.lr, self.recipe, self.global_batch, self.opts.lr_scaling)
-        optimizer = build_optimizer(self.base_model, self.recipe, lr)
+        optimizer = self.phase_optimizer(index)
         scheduler = build_scheduler(optimizer, self.recipe, lambda: self.length.scheduler_steps(index),
                                     steps_per_epoch=len(self.train_loader) / self.opts.grad_accum)
         self.accelerator.free_memory()  # forget the previous phase's wrappers so save_state holds this one
         model = torch.compile(self.base_model) if self.opts.compile else self.base_model
         self.model, self.optimizer, self.scheduler, self.prepared_train, self.prepared_val = \
             self.accelerator.prepare(model, optimizer, scheduler, self.train_loader, self.val_loader)
+
+    def phase_optimizer(self, index: int) -> torch.optim.Optimizer:
+        lr = scaled_lr(self.recipe.phases[index].lr, self.recipe, self.global_batch, self.opts.lr_scaling)
+        return build_optimizer(self.base_model, self.recipe, lr)
 
     def step_hooks(self, phase: Phase) -> StepHooks:
         return StepHooks(self.accelerator, self.state, phase.name, max_nonfinite=self.opts.max_nonfinite,
@@ -327,8 +362,8 @@ class Trainer:
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",
                              f"{recipe.arch}: test, plain")
-            write_json(self.run_dir / "results.json", results)
-        self.print(results_text(results, self.run_dir / "results.json"))
+            write_json(self.run_dir / RESULTS_NAME, results)
+        self.print(results_text(results, self.run_dir / RESULTS_NAME))
         self.log.final(results, test, self.data, state.history, state.global_step)
         self.log.finish(state.history)
         accelerator.wait_for_everyone()

@@ -74,6 +74,16 @@ def train(dataset: Path, out: Path, *args: str, env: dict | None = None, check: 
     return result
 
 
+def assert_refused(result: subprocess.CompletedProcess, *words: str) -> str:
+    """An exit-2 refusal: one `error:` line on stderr, no traceback, naming each of `words`."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    return lines[0]
+
+
 def read_results(out: Path) -> dict:
     """The results.json of the one run under an output directory."""
     (results,) = out.glob("*/results.json")

@@ -2,6 +2,7 @@
 trained once per session), and what the tests read back from a run directory."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -43,12 +44,14 @@ def history(run_dir: Path) -> list[dict]:
 
 
 def ema_state(run_dir: Path) -> dict:
-    """The EMA as save_state wrote it (a file of our own run: tensors and an int only)."""
-    import torch
+    """The EMA as save_state wrote it: {"weights": its tensors, "updates": the update count}."""
+    from safetensors import safe_open
 
-    from cifar10_levels.train.ema import EMA_STATE_FILE
+    from cifar10_levels.checkpoint.resume_state import EMA_FILE
 
-    return torch.load(run_dir / "state" / EMA_STATE_FILE, weights_only=True)
+    with safe_open(str(run_dir / "state" / EMA_FILE), framework="pt") as f:
+        return {"weights": {k: f.get_tensor(k) for k in f.keys()},
+                "updates": int(f.metadata()["updates"])}
 
 
 def check_every_file_loads(run_dir: Path) -> None:
@@ -92,3 +95,10 @@ def outcome(run_dir: Path) -> dict:
 def same_tensors(a: Path, b: Path) -> bool:
     ta, tb = load_file(a), load_file(b)
     return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every file under `directory` (hidden ones too) with its sha256: equal before and after means
+    untouched."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
