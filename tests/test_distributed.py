@@ -19,7 +19,7 @@ from helpers.runs import history
 
 HELPERS = ROOT / "tests" / "distributed_helpers"
 BIN = Path(sys.executable).parent
-TIMEOUT = 300
+TIMEOUT = 600
 
 
 def launch(command: list, env: dict | None = None) -> subprocess.CompletedProcess:

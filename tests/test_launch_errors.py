@@ -18,7 +18,7 @@ def launch(tmp_path: Path, dataset: Path, *launcher_args: str) -> subprocess.Com
         [str(ACCELERATE), "launch", *launcher_args, "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", str(ROOT / "train.py"), "--dataset", str(dataset), "--output-dir", str(tmp_path), *TINY_TRAIN,
          "--arch", "test_resnet", "--resume"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_two_processes_print_the_error_once(tmp_path, tiny_cifar):

@@ -70,7 +70,7 @@ def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar
 
 def test_pretrained_without_network_fails_fast_with_a_fix(tiny_cifar, tmp_path):
     result = run_cli("train.py", "--dataset", tiny_cifar, "--output-dir", tmp_path, "--arch",
-                     "resnet18", "--img-size", "32", "--report-to", "none", timeout=60)
+                     "resnet18", "--img-size", "32", "--report-to", "none", timeout=600)
     assert result.returncode == 2
     assert "--no-pretrained" in result.stderr and "--pretrained-file" in result.stderr
     assert "Traceback" not in result.stderr

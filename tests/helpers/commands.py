@@ -6,6 +6,7 @@ import configparser
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -88,16 +89,23 @@ def start_train(dataset: Path, out: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(proc: subprocess.Popen, condition: Callable[[], object], timeout: float = 300,
-             poll: float = 0.002) -> None:
+def stop_when(proc: subprocess.Popen, condition: Callable[[], object], timeout: float = 600,
+              slice_s: float = 0.002) -> None:
+    """Run `proc` in short slices (SIGCONT, then SIGSTOP) until `condition()` holds while it is
+    stopped, and leave it stopped there: the test signals a process whose progress it has seen,
+    however loaded the machine (SIGCONT lets it go on)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        proc.send_signal(signal.SIGSTOP)
+        if condition():
+            return
         if proc.poll() is not None:
             raise AssertionError(f"train.py ended ({proc.returncode}) first:\n{proc.stdout.read()}")
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError("timed out waiting for train.py")
-        time.sleep(poll)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(slice_s)
 
 
 def free_port() -> int:
@@ -135,7 +143,7 @@ def command_help(kind: str, target: str, name: str | None = None) -> HelpRun:
             f"heavy = sorted(set({list(HEAVY_LIBRARIES)!r}) & set(sys.modules))\n"
             "print('heavy imports:', json.dumps(heavy), file=sys.stderr)\nsys.exit(code)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
     *lines, last = done.stderr.splitlines() or [""]
     if not last.startswith("heavy imports: "):
         return HelpRun(done.returncode, done.stdout, done.stderr, None)
