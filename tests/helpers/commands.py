@@ -89,22 +89,44 @@ def start_train(dataset: Path, out: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def stop_when(proc: subprocess.Popen, condition: Callable[[], object], timeout: float = 600,
-              slice_s: float = 0.002) -> None:
-    """Run `proc` in short slices (SIGCONT, then SIGSTOP) until `condition()` holds while it is
-    stopped, and leave it stopped there: the test signals a process whose progress it has seen,
-    however loaded the machine (SIGCONT lets it go on)."""
+def signal_trees(procs: list[subprocess.Popen], sig: int) -> None:
+    """`sig` to each running process and to all its descendants (a launcher's workers too)."""
+    import psutil
+
+    for proc in procs:
+        if proc.poll() is not None:
+            continue
+        try:
+            parent = psutil.Process(proc.pid)
+            tree = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def stop_when(procs: subprocess.Popen | list[subprocess.Popen], condition: Callable[[], object],
+              timeout: float = 600, slice_s: float = 0.002) -> None:
+    """Run the processes in short slices (SIGCONT, then SIGSTOP, each with its descendants) until
+    `condition()` holds while they are stopped, and leave them stopped there: the test signals
+    processes whose progress it has seen, however loaded the machine (`signal_trees(procs,
+    signal.SIGCONT)` lets them go on)."""
+    procs = [procs] if isinstance(procs, subprocess.Popen) else procs
     deadline = time.monotonic() + timeout
     while True:
-        proc.send_signal(signal.SIGSTOP)
+        signal_trees(procs, signal.SIGSTOP)
         if condition():
             return
-        if proc.poll() is not None:
-            raise AssertionError(f"train.py ended ({proc.returncode}) first:\n{proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for train.py")
-        proc.send_signal(signal.SIGCONT)
+        ended = [proc for proc in procs if proc.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            for proc in procs:
+                proc.kill()
+            output = "\n".join(proc.stdout.read() if proc.stdout else "" for proc in ended)
+            raise AssertionError(f"a process ended first:\n{output}" if ended else "timed out")
+        signal_trees(procs, signal.SIGCONT)
         time.sleep(slice_s)
 
 
