@@ -146,6 +146,7 @@ def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
         assert_measured(table_row(out, name)[1])
 
 
+@pytest.mark.slow
 def test_tta_views_scores_each_scheme_on_kept_checkpoints(tiny_cifar, tmp_path_factory):
     from helpers.runs import trained_run
 
@@ -161,6 +162,7 @@ def test_tta_views_scores_each_scheme_on_kept_checkpoints(tiny_cifar, tmp_path_f
         assert len(row) == 4 and all(0 <= leading_number(c) <= 100 for c in row[1:])
 
 
+@pytest.mark.slow
 def test_side_by_side_runs_ours_and_another_command_and_prints_ratios(tiny_cifar, tmp_path):
     # the "other recipe" stands in as a one-liner that reports its seed's accuracy in percent
     other = (f"{sys.executable} -c \"import sys; print('seed', sys.argv[1], 'test acc: 40.00%')\" {{seed}}")
@@ -205,6 +207,7 @@ def test_shifted_weight_grad_conv_matches_autograd(monkeypatch):
     torch.testing.assert_close(ours_x.grad, ref_x.grad)
 
 
+@pytest.mark.slow
 def test_fast_step_levers_prints_each_candidate_against_the_baseline():
     out = bench("fast_step_levers.py", "--batch", "16", "--repeats", "1", "--sizes", "24")
     for name in ("baseline: 32 px, oneDNN", "24 px training images", "shifted weight grad (convs at <= 7 px)"):

@@ -40,6 +40,7 @@ def kill_while_saving(proc: subprocess.Popen, run_dir: Path, after_epochs: int, 
     return caught
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_leaves_files_that_load_and_resume(tiny_cifar, tmp_path):
     run_dir = tmp_path / RUN
     proc = start_train(tiny_cifar, tmp_path, *SMALL, "--epochs", "0", "3")

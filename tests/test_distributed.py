@@ -17,6 +17,8 @@ import torch
 from helpers.commands import ROOT, TINY_TRAIN, free_port
 from helpers.runs import history
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 HELPERS = ROOT / "tests" / "distributed_helpers"
 BIN = Path(sys.executable).parent
 TIMEOUT = 600

@@ -12,6 +12,8 @@ import torch
 from helpers.commands import ROOT, TINY_TRAIN, run_cli
 from helpers.runs import trained_run
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 
 def export(*args, env=None):
     return subprocess.run([sys.executable, "-m", "cifar10_levels.cli.export", *map(str, args)], cwd=ROOT,

@@ -2,6 +2,7 @@
 run on CPUs, so train.py stops at once with one line instead of training something else."""
 from __future__ import annotations
 
+import pytest
 import os
 import re
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 from helpers.commands import ROOT, TINY_TRAIN, free_port
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 

@@ -1,12 +1,15 @@
 """Under `accelerate launch` a bad input is one line, once, whatever the number of processes."""
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from helpers.commands import ROOT, TINY_TRAIN, free_port
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 

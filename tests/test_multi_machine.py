@@ -2,6 +2,7 @@
 (--num_machines 2, one process each) in their own directories with their own output dirs."""
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ ACCELERATE = Path(sys.executable).parent / "accelerate"
 # 320 images in batches of 8 over 2 processes: 20 steps an epoch, a stop request lands mid-epoch
 RUN = ["--arch", "test_resnet", "--train-limit", "320", "--eval-limit", "40", "--batch-size", "8",
        "--lr", "1e-2", "1e-2"]
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 
 def start_machines(dataset: Path, root: Path, *args: str) -> list[subprocess.Popen]:

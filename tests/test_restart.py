@@ -19,6 +19,8 @@ from helpers.commands import start_train, stop_when, train
 from helpers.runs import EMA, EPOCHS, RUN, SMALL, check_every_file_loads, ema_state, history, outcome, \
     same_tensors, trained_run
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 AUTO = ["--resume", "auto"]
 TOY = ["--arch", "test_resnet", "--lr", "1e-2", "1e-2"]
 

@@ -17,6 +17,8 @@ from helpers.commands import TINY_TRAIN, start_train, stop_when, train
 from helpers.runs import EMA, EPOCHS, RUN, SMALL, check_every_file_loads, ema_state, history, outcome, \
     same_tensors, trained_run
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_cifar, tmp_path_factory) -> Path:
     return trained_run("small_ema", tiny_cifar, tmp_path_factory)
