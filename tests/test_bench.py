@@ -46,6 +46,7 @@ def assert_measured(*cells: str) -> None:
         assert math.isfinite(leading_number(cell)) and leading_number(cell) >= 0, f"measured {cell!r}"
 
 
+@pytest.mark.slow
 def test_data_pipeline_prints_ratio_against_naive_pipeline():
     out = bench("data_pipeline.py", "--level", "2", "--repeats", "1", "--ours-images", "128",
                 "--naive-images", "32", "--workers", "0")
@@ -56,6 +57,7 @@ def test_data_pipeline_prints_ratio_against_naive_pipeline():
     assert row[-1].endswith(")") and "x" in row[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--no-augment"]], ids=["full", "no-augment"])
 def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_path, extra):
     out = bench("loop_overhead.py", "--arch", "test_resnet", "--img-size", "32", "--level", "1",
@@ -72,6 +74,7 @@ def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_pa
         assert_measured(timed.group(1), timed.group(2))
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
     out = bench("time_to_accuracy.py", "--dataset", tiny_cifar, "--seeds", "3", "--arch", "test_resnet",
                 "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1",
@@ -89,6 +92,7 @@ def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
                            for w in ("raw", "ema")]
 
 
+@pytest.mark.slow
 def test_plain_loop_baseline_trains_and_reports_per_seed(tiny_cifar):
     out = bench("plain_loop.py", "--dataset", tiny_cifar, "--seeds", "1", "--arch", "test_resnet",
                 "--epochs", "1", "--workers", "0")
@@ -97,6 +101,7 @@ def test_plain_loop_baseline_trains_and_reports_per_seed(tiny_cifar):
     assert "mean ± sd (1 seeds)" in out
 
 
+@pytest.mark.slow
 def test_cpu_precision_compares_fp32_with_bf16():
     out = bench("cpu_precision.py", "--quick", "--repeats", "1")
     assert "AMX tiles:" in out
@@ -136,6 +141,7 @@ def test_window_translate_equals_per_pixel_indexing():
     assert torch.equal(translate(x, dx, dy, 4), expected)
 
 
+@pytest.mark.slow
 def test_step_costs_prints_optimizer_gather_and_augmentation_rows():
     out = bench("step_costs.py", "--archs", "test_resnet", "--calls", "1", "--repeats", "1",
                 "--batch-size", "8")
@@ -181,6 +187,7 @@ def test_side_by_side_runs_ours_and_another_command_and_prints_ratios(tiny_cifar
     assert "mean (2 seeds)" in out
 
 
+@pytest.mark.slow
 def test_side_by_side_names_the_flag_when_the_accuracy_is_not_in_the_output(tiny_cifar):
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "side_by_side.py"), "--dataset", tiny_cifar,
                            "--other", f"{sys.executable} -c \"print('done')\"", "--other-accuracy", r"acc ([0-9.]+)",
