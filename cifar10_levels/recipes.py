@@ -101,7 +101,7 @@ LEVELS: dict[str, Recipe] = {
                 phases=_two_phases(20, 1e-4, mix=True), augment=_ADVANCED,
                 label_smoothing=0.1, tta=5, target=">= 93-97%"),
     # lr: Muon's, the SGD groups' scaled with it (speednet); 0.17 beat airbench's 0.24 at batch 500
-    # (docs/benchmarks.md section 10)
+    # (docs/benchmarks.md, the fast recipe against airbench94_muon)
     "fast": Recipe(level="fast", title="fast CPU recipe", arch="cifar_speednet", img_size=32,
                    phases=(Phase("full", epochs=4, lr=0.17, train_backbone=True),),
                    augment=Augment(crop_padding=2, flip=True, color_jitter=0.0),

@@ -1,6 +1,7 @@
 """--compile end to end with torch's default inductor backend: train, load the best, test, resume."""
 from __future__ import annotations
 
+import pytest
 import json
 
 from safetensors.torch import load_file
@@ -12,6 +13,8 @@ from helpers.commands import train
 # the smallest run that compiles every graph once: one batch size for training, one for evaluation
 TOY = ["--arch", "test_resnet", "--train-limit", "64", "--eval-limit", "20", "--batch-size", "20",
        "--compile"]
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 
 def test_compiled_run_ends_with_clean_checkpoints_and_resumes(tiny_cifar, tmp_path):

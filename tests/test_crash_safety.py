@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from cifar10_levels.checkpoint.io import read_meta
 from cifar10_levels.cli.train import train_main
 from cifar10_levels.checkpoint.run_dir import find_state_dir, replace_dir
 
-from helpers.commands import TINY_TRAIN, start_train, train, wait_for
+from helpers.commands import TINY_TRAIN, start_train, stop_when, train
 from helpers.runs import RUN, SMALL, check_every_file_loads
 
 
@@ -30,21 +29,18 @@ def saving(run_dir: Path, prefix: str) -> list[str]:
 
 def kill_while_saving(proc: subprocess.Popen, run_dir: Path, after_epochs: int, prefix: str
                       ) -> list[str]:
-    """SIGSTOP the run the moment a save is in progress (retry until one is caught), then SIGKILL."""
+    """Stop the run while a save is in progress (after `after_epochs` epochs), then SIGKILL it."""
     history = run_dir / "history.jsonl"
-    wait_for(proc, lambda: history.exists() and len(history.read_text().splitlines()) >= after_epochs)
-    while True:
-        wait_for(proc, lambda: saving(run_dir, prefix))
-        proc.send_signal(signal.SIGSTOP)
-        caught = saving(run_dir, prefix)
-        if caught:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()
-            return caught
-        proc.send_signal(signal.SIGCONT)
+    stop_when(proc, lambda: history.exists() and len(history.read_text().splitlines()) >= after_epochs
+              and saving(run_dir, prefix), slice_s=0.0005)
+    caught = saving(run_dir, prefix)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    return caught
 
 
+@pytest.mark.slow
 def test_sigkill_while_saving_leaves_files_that_load_and_resume(tiny_cifar, tmp_path):
     run_dir = tmp_path / RUN
     proc = start_train(tiny_cifar, tmp_path, *SMALL, "--epochs", "0", "3")

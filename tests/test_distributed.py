@@ -17,9 +17,11 @@ import torch
 from helpers.commands import ROOT, TINY_TRAIN, free_port
 from helpers.runs import history
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 HELPERS = ROOT / "tests" / "distributed_helpers"
 BIN = Path(sys.executable).parent
-TIMEOUT = 300
+TIMEOUT = 600
 
 
 def launch(command: list, env: dict | None = None) -> subprocess.CompletedProcess:

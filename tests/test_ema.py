@@ -22,6 +22,8 @@ from cifar10_levels.errors import UserError
 from helpers.commands import TINY_TRAIN, read_results, train
 from helpers.runs import RUN, SMALL, ema_state, history, trained_run
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 EPOCHS = ["--epochs", "0", "2"]
 EMA = ["--ema", "0.9"]
 

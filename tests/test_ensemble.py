@@ -50,6 +50,7 @@ def files_under(path: Path) -> set[Path]:
     return {p for p in path.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_votes_three_architectures_at_their_own_sizes(runs, tiny_cifar, tmp_path):
     result = run_cli("ensemble.py", "--weights", runs, "--dataset", tiny_cifar,
                      "--output-dir", tmp_path, "--batch-size", "32")

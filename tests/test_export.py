@@ -12,6 +12,8 @@ import torch
 from helpers.commands import ROOT, TINY_TRAIN, run_cli
 from helpers.runs import trained_run
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 
 def export(*args, env=None):
     return subprocess.run([sys.executable, "-m", "cifar10_levels.cli.export", *map(str, args)], cwd=ROOT,
@@ -84,7 +86,7 @@ def test_the_cards_snippet_runs_as_written(exported, tmp_path):
     snippet = re.search(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S).group(1)
     Image.new("RGB", (64, 48), (230, 25, 75)).save(tmp_path / "image.png")
     result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert "airplane" in result.stdout or "truck" in result.stdout
 
@@ -123,7 +125,7 @@ def test_train_push_to_hub_is_checked_before_any_training(tiny_cifar, tmp_path):
     env = {**without_hub_access(tmp_path), "HF_HUB_OFFLINE": "1"}
     result = run_cli("train.py", "--dataset", tiny_cifar, "--output-dir", tmp_path / "runs",
                      *TINY_TRAIN, "--arch", "test_resnet", "--push-to-hub", "someone/x", env=env,
-                     timeout=120)
+                     timeout=600)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "--push-to-hub" in result.stderr
     assert "epoch" not in result.stdout and not (tmp_path / "runs").exists()

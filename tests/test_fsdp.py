@@ -2,6 +2,7 @@
 run on CPUs, so train.py stops at once with one line instead of training something else."""
 from __future__ import annotations
 
+import pytest
 import os
 import re
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 from helpers.commands import ROOT, TINY_TRAIN, free_port
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
@@ -20,7 +23,7 @@ def test_fsdp_launch_on_cpus_fails_at_once_with_one_line(tiny_cifar, tmp_path):
          "--num_processes", "2", "--num_cpu_threads_per_process", "1", "--main_process_port",
          str(free_port()), str(ROOT / "train.py"), "--dataset", str(tiny_cifar), "--output-dir",
          str(tmp_path / "out"), *TINY_TRAIN, "--arch", "test_resnet", "--epochs", "0", "1"],
-        env=env, capture_output=True, text=True, timeout=300)
+        env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1  # the launcher's code for a failed script
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: the launch asks for FSDP but Accelerate formed MULTI_CPU (it runs FSDP "
@@ -37,7 +40,7 @@ def test_checkpoint_save_and_load_best_on_an_fsdp2_sharded_model(tmp_path):
     result = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script),
          str(tmp_path / "best.safetensors")],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     # both ranks print to one pipe: their lines can interleave, so find the messages, not lines
     assert sorted(re.findall(r"fsdp checkpoint ok on rank \d", result.stdout)) == [

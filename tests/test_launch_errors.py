@@ -1,12 +1,15 @@
 """Under `accelerate launch` a bad input is one line, once, whatever the number of processes."""
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from helpers.commands import ROOT, TINY_TRAIN, free_port
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 
@@ -18,7 +21,7 @@ def launch(tmp_path: Path, dataset: Path, *launcher_args: str) -> subprocess.Com
         [str(ACCELERATE), "launch", *launcher_args, "--num_machines", "1", "--mixed_precision", "no",
          "--dynamo_backend", "no", str(ROOT / "train.py"), "--dataset", str(dataset), "--output-dir", str(tmp_path), *TINY_TRAIN,
          "--arch", "test_resnet", "--resume"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_two_processes_print_the_error_once(tmp_path, tiny_cifar):

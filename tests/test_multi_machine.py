@@ -2,22 +2,24 @@
 (--num_machines 2, one process each) in their own directories with their own output dirs."""
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from cifar10_levels.checkpoint.io import load_checkpoint
 
-from helpers.commands import ROOT, TINY_TRAIN, free_port
+from helpers.commands import ROOT, TINY_TRAIN, free_port, signal_trees, stop_when
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 # 320 images in batches of 8 over 2 processes: 20 steps an epoch, a stop request lands mid-epoch
 RUN = ["--arch", "test_resnet", "--train-limit", "320", "--eval-limit", "40", "--batch-size", "8",
        "--lr", "1e-2", "1e-2"]
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 
 def start_machines(dataset: Path, root: Path, *args: str) -> list[subprocess.Popen]:
@@ -52,13 +54,10 @@ def run_dir(root: Path, rank: int) -> Path:
 def test_two_machines_without_a_shared_disk_train_stop_and_resume(tiny_cifar, tmp_path):
     procs = start_machines(tiny_cifar, tmp_path, "--epochs", "0", "2")
     state = tmp_path / "machine1" / "out"
-    deadline = time.monotonic() + 600  # SIGTERM both once machine 1 holds the first epoch's state
-    while not list(state.glob("*/state/train_state.json")):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-            [p.poll() for p in procs]
-        time.sleep(0.05)
+    stop_when(procs, lambda: list(state.glob("*/state/train_state.json")))  # epoch 1 saved
     for p in procs:
         p.send_signal(signal.SIGTERM)
+    signal_trees(procs, signal.SIGCONT)
     # the launcher reports its process's 143 as 1, or, when the signal reaches its own handler
     # first, stops the process and exits 143 itself: which one comes first is the launcher's race
     outputs = finish(procs, expected=(1, 143))

@@ -63,6 +63,7 @@ def run(tiny_cifar, tmp_path, *args: str) -> dict:
     return json.loads(results.read_text())
 
 
+@pytest.mark.slow
 def test_fp16_autocasts_and_the_scaler_skips_overflowing_steps(tiny_cifar, tmp_path, recorded,
                                                                 monkeypatch, capsys):
     initial = 2.0 ** 30  # far above what fp16 gradients hold: the first steps overflow
@@ -83,6 +84,7 @@ def test_fp16_autocasts_and_the_scaler_skips_overflowing_steps(tiny_cifar, tmp_p
     assert (state / "scaler.pt").exists()  # --resume restores the scale
 
 
+@pytest.mark.slow
 def test_bf16_run_computes_in_bf16(tiny_cifar, tmp_path, recorded):
     results = run(tiny_cifar, tmp_path, "--mixed-precision", "bf16")
     assert recorded["dtypes"] == {torch.bfloat16}

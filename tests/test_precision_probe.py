@@ -195,6 +195,7 @@ def never_measured(*args):
     raise AssertionError("the precision probe ran")
 
 
+@pytest.mark.slow
 def test_probe_choosing_fp32_leaves_the_run_as_with_mixed_precision_no(tiny_cifar, tmp_path, cache,
                                                                          monkeypatch, capsys,
                                                                          fresh_accelerate):
@@ -229,6 +230,7 @@ def test_probe_choosing_fp32_leaves_the_run_as_with_mixed_precision_no(tiny_cifa
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_bf16_verdict_trains_in_bf16_and_the_next_run_reads_the_cache(tiny_cifar, tmp_path, cache,
                                                                        monkeypatch, capsys,
                                                                        fresh_accelerate):

@@ -11,6 +11,8 @@ from PIL import Image
 from helpers.commands import ROOT, console_scripts
 from helpers.runs import trained_run
 
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
+
 
 def cli(command, *args):
     """`cifar10-COMMAND ARGS` as `python -m` of the console script's module: this checkout's code."""

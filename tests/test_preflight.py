@@ -2,6 +2,7 @@
 model is built, and every problem is reported at once, one line each naming the flag and the fix."""
 from __future__ import annotations
 
+import pytest
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_two_problems_offline_are_reported_together_and_nothing_is_written(tmp_path):
     home, cache, out = tmp_path / "home", tmp_path / "decode_cache", tmp_path / "out"
     home.mkdir()

@@ -1,9 +1,12 @@
 """A checkpoint of ours starts a new run through --pretrained-file, cifar_speednet included."""
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from helpers.commands import train
 from helpers.runs import trained_run
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 
 def test_resnet_checkpoint_as_pretrained_file(tiny_cifar, tmp_path_factory, tmp_path):

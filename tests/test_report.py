@@ -22,7 +22,7 @@ def write_results(path: Path, **fields) -> None:
 
 def report(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cifar10_levels.cli.report", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_report_lists_every_run_in_level_order(tmp_path):

@@ -7,7 +7,6 @@ import itertools
 import json
 import re
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,11 @@ from cifar10_levels.checkpoint.run_dir import find_state_dir
 from cifar10_levels.train.checkpoint_timer import CheckpointTimer
 from cifar10_levels.train.step_hooks import StopFlag
 
-from helpers.commands import start_train, train, wait_for
+from helpers.commands import start_train, stop_when, train
 from helpers.runs import EMA, EPOCHS, RUN, SMALL, check_every_file_loads, ema_state, history, outcome, \
     same_tensors, trained_run
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 AUTO = ["--resume", "auto"]
 TOY = ["--arch", "test_resnet", "--lr", "1e-2", "1e-2"]
@@ -100,12 +101,7 @@ def test_checkpoint_every_saves_mid_epoch_and_a_killed_run_resumes_to_the_same_w
             return None
         return state if state and state["epochs_done"] >= 1 and state["step"] > 0 else None
 
-    while True:  # stop the run the moment a mid-epoch state is on disk, then kill it
-        wait_for(proc, mid_epoch_state)
-        proc.send_signal(signal.SIGSTOP)
-        if mid_epoch_state():
-            break
-        proc.send_signal(signal.SIGCONT)
+    stop_when(proc, mid_epoch_state)  # a mid-epoch state is on disk: kill the run there
     proc.kill()
     proc.communicate()
     check_every_file_loads(run_dir)

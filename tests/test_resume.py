@@ -13,9 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from cifar10_levels.cli.train import train_main
 
-from helpers.commands import TINY_TRAIN, start_train, train, wait_for
+from helpers.commands import TINY_TRAIN, start_train, stop_when, train
 from helpers.runs import EMA, EPOCHS, RUN, SMALL, check_every_file_loads, ema_state, history, outcome, \
     same_tensors, trained_run
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_cifar, tmp_path_factory) -> Path:
@@ -34,12 +36,19 @@ def test_same_seed_trains_the_same_raw_weights_with_or_without_ema(uninterrupted
     assert same_tensors(tmp_path / RUN / "last.safetensors", uninterrupted / "last.safetensors")
 
 
+def saved_epochs(run_dir: Path) -> int | None:
+    """The epochs the resume state holds (None before the first save)."""
+    path = run_dir / "state" / "train_state.json"
+    return json.loads(path.read_text())["epochs_done"] if path.exists() else None
+
+
 def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, tiny_cifar, tmp_path):
     run_dir = tmp_path / RUN
     proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA)
-    wait_for(proc, lambda: len(history(run_dir)) >= 1)
+    stop_when(proc, lambda: len(history(run_dir)) >= 1)  # epoch 1 logged: its state save comes next
     proc.send_signal(signal.SIGTERM)   # checked every 10 steps: lands at step 10 of epoch 2
-    output = proc.communicate(timeout=300)[0]
+    proc.send_signal(signal.SIGCONT)
+    output = proc.communicate(timeout=600)[0]
     assert proc.returncode == 143, output
     assert f"stopped: state saved in {run_dir / 'state'}" in output and "--resume" in output
     state = json.loads((run_dir / "state" / "train_state.json").read_text())
@@ -49,9 +58,9 @@ def test_sigterm_then_sigkill_mid_epoch_resume_to_the_same_end(uninterrupted, ti
     assert (run_dir / "curves.png").is_file()  # drawn when the run stops, up to its last epoch
 
     proc = start_train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--resume")
-    wait_for(proc, lambda: len(history(run_dir)) >= 2)
-    assert proc.poll() is None
-    proc.kill()                        # SIGKILL in epoch 3: a whole epoch before the run can finish
+    stop_when(proc, lambda: saved_epochs(run_dir) == 2)  # epoch 2 saved, epoch 3 under way
+    assert len(history(run_dir)) == 2
+    proc.kill()                        # SIGKILL in the middle of epoch 3
     proc.communicate()
     check_every_file_loads(run_dir)
 

@@ -2,6 +2,7 @@
 that holds a run is only continued (--resume) or replaced (--overwrite) when the user says so."""
 from __future__ import annotations
 
+import pytest
 import hashlib
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_second_seed_keeps_the_first_run_and_ensemble_and_report_find_both(tiny_cifar, tmp_path):
     out = tmp_path / "ckpts"
     train(tiny_cifar, out, *TOY, "--seed", "1")
@@ -42,6 +44,7 @@ def test_a_second_seed_keeps_the_first_run_and_ensemble_and_report_find_both(tin
     assert "L1-test_resnet-s1" in report.stdout and "L1-test_resnet-s2" in report.stdout
 
 
+@pytest.mark.slow
 def test_the_same_command_again_refuses_and_leaves_the_run_byte_identical(tiny_cifar, tmp_path):
     out = tmp_path / "ckpts"
     train(tiny_cifar, out, *TOY)

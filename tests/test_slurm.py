@@ -25,6 +25,8 @@ RUN = "L1-test_resnet-s42"
 FLAGS = [*(a for a in TINY_TRAIN if a not in ("--report-to", "none")), "--report-to", "wandb",
          "--level", "1", "--arch", "test_resnet", "--eval-limit", "40", "--batch-size", "8",
          "--lr", "1e-2", "1e-2", "--epochs", "0", "3"]
+
+pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 # what a CPU-only test cluster lacks: the GPUs and the cores the file asks for
 CPU_OPTIONS = ("--gpus-per-node=0", "--cpus-per-task=1", f"--chdir={ROOT}")
 

@@ -131,6 +131,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, arch):
         assert torch.equal(loaded(x), model(x))
 
 
+@pytest.mark.slow
 def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     out = tmp_path / "out"
     result = train(tiny_cifar, out, "--level", "fast", "--batch-size", "50", "--epochs", "2",
@@ -156,6 +157,7 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     assert "cifar_speednet" in voted.stdout and (tmp_path / "vote" / "ensemble_results.json").exists()
 
 
+@pytest.mark.slow
 def test_whitening_bias_trains_over_its_fraction_of_the_steps_then_stays():
     from cifar10_levels.optim.factory import build_scheduler
 

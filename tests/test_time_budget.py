@@ -177,6 +177,7 @@ def planned_run(tiny_cifar, tmp_path_factory) -> tuple[Path, str]:
     return out / RUN
 
 
+@pytest.mark.slow
 def test_a_budget_run_trains_the_planned_steps_and_its_schedule_ends_with_them(planned_run):
     results = json.loads((planned_run / "results.json").read_text())
     plan = results["time_budget"]
@@ -194,6 +195,7 @@ def test_a_budget_run_trains_the_planned_steps_and_its_schedule_ends_with_them(p
     assert full_first == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 20 / 44)))
 
 
+@pytest.mark.slow
 def test_the_plan_line(tiny_cifar, tmp_path, capsys):
     assert run(tiny_cifar, tmp_path, COSTS, *PLANNED, measure=False) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("time budget: ")]
@@ -201,6 +203,7 @@ def test_the_plan_line(tiny_cifar, tmp_path, capsys):
                            f"at {58 * 8 / (14 * 0.5 + 44):.0f} img/s (58 steps;")
 
 
+@pytest.mark.slow
 def test_whole_planned_epochs_train_exactly_as_the_same_epochs_without_a_budget(tiny_cifar, tmp_path):
     # 45 s: 42.75 s after the reserve, less 2 s spent: 40 steps of 1 s, two whole epochs
     costs = RunCosts((0.0, 1.0), epoch_end_seconds=0.0, final_eval_seconds=0.0, spent_seconds=2.0)
@@ -213,6 +216,7 @@ def test_whole_planned_epochs_train_exactly_as_the_same_epochs_without_a_budget(
     assert same_weights(budget / "last.safetensors", epochs / "last.safetensors")
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_saved_plan_and_ends_as_the_uninterrupted_run(planned_run, tiny_cifar, tmp_path):
     assert run(tiny_cifar, tmp_path, COSTS, *PLANNED, stop_at=30) == 143
     slower = RunCosts((5.0, 10.0), 5.0, 10.0, 2.0)  # a new plan would train far fewer steps
@@ -310,6 +314,7 @@ def test_a_replanned_run_moves_the_schedules_end():
     assert lrs[4:] == pytest.approx([0.6, 0.375, 0.25, 0.125]) and optimizer.param_groups[0]["lr"] == 0.0
 
 
+@pytest.mark.slow
 def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
                                                                                    capsys):
     # the loop keeps its planned pace (5 s a step); only the clock puts the run behind
@@ -325,6 +330,7 @@ def test_a_run_that_falls_behind_trains_fewer_steps_and_its_schedule_ends_with_t
     assert "time budget: slower than planned; now 2.00 epochs of this phase (40 steps)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_run_ahead_of_its_plan_trains_more_steps_and_its_schedule_ends_with_them(tiny_cifar, tmp_path,
                                                                                    capsys):
     # planned at 5 s a step; the loop takes 4 s (injected) and the clock agrees

@@ -21,6 +21,7 @@ MIN_TEST_ACC = 0.35
 MAX_TTA_LOSS = 0.04
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
 def test_every_level_learns_and_writes_checkpoints_and_results(structured_cifar, tmp_path, level):
     from cifar10_levels.models.factory import create_model
@@ -50,6 +51,7 @@ def test_every_level_learns_and_writes_checkpoints_and_results(structured_cifar,
         assert "dominant label" in result.stdout  # Mixup/CutMix training accuracy is named
 
 
+@pytest.mark.slow
 def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar, tmp_path):
     from accelerate.utils import set_seed
 
@@ -70,7 +72,7 @@ def test_phase_one_leaves_backbone_and_batchnorm_statistics_untouched(tiny_cifar
 
 def test_pretrained_without_network_fails_fast_with_a_fix(tiny_cifar, tmp_path):
     result = run_cli("train.py", "--dataset", tiny_cifar, "--output-dir", tmp_path, "--arch",
-                     "resnet18", "--img-size", "32", "--report-to", "none", timeout=60)
+                     "resnet18", "--img-size", "32", "--report-to", "none", timeout=600)
     assert result.returncode == 2
     assert "--no-pretrained" in result.stderr and "--pretrained-file" in result.stderr
     assert "Traceback" not in result.stderr

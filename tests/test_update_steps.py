@@ -77,6 +77,7 @@ def accumulated(tiny_cifar, tmp_path_factory) -> dict:
     return recorded_run(tiny_cifar, tmp_path_factory.mktemp("accumulated"), *ARGS)
 
 
+@pytest.mark.slow
 def test_ema_updates_once_per_optimizer_step_with_its_step_count(accumulated):
     optimizer_steps = len(accumulated["lrs"])
     assert optimizer_steps == 2 * STEPS_PER_EPOCH  # AdamW stepped once per accumulation
@@ -84,6 +85,7 @@ def test_ema_updates_once_per_optimizer_step_with_its_step_count(accumulated):
     assert accumulated["trainer"].ema.updates == optimizer_steps
 
 
+@pytest.mark.slow
 def test_clipping_acts_on_update_steps_only_and_after_it_the_norm_is_bounded(accumulated):
     clips = accumulated["clips"]
     assert len(clips) == len(accumulated["lrs"]) and all(c["sync"] for c in clips)
@@ -92,6 +94,7 @@ def test_clipping_acts_on_update_steps_only_and_after_it_the_norm_is_bounded(acc
     assert any(c["before"] > 2 * CLIP for c in clips)  # the limit did bite
 
 
+@pytest.mark.slow
 def test_warmup_first_learning_rates_in_each_phase(accumulated):
     lrs = accumulated["lrs"]
     for phase, peak in enumerate(LRS):
@@ -100,6 +103,7 @@ def test_warmup_first_learning_rates_in_each_phase(accumulated):
         assert first == pytest.approx(expected, rel=1e-12), (phase, first)
 
 
+@pytest.mark.slow
 def test_no_decay_groups_leave_norms_and_biases_without_weight_decay(accumulated):
     optimizer = accumulated["trainer"].optimizer.optimizer  # phase 2: every layer trains
     model = accumulated["trainer"].base_model
@@ -111,6 +115,7 @@ def test_no_decay_groups_leave_norms_and_biases_without_weight_decay(accumulated
     assert {0.0, 0.01} == set(decay.values())
 
 
+@pytest.mark.slow
 def test_the_four_options_are_recorded_in_results_checkpoints_and_the_tracker_config(accumulated):
     expected = {"warmup_epochs": WARMUP_EPOCHS, "ema_decay": 0.5, "decay_norm_bias": False,
                 "clip_grad": CLIP}
@@ -122,6 +127,7 @@ def test_the_four_options_are_recorded_in_results_checkpoints_and_the_tracker_co
         assert {k: recipe[k] for k in expected} == expected
 
 
+@pytest.mark.slow
 def test_clipping_under_fp16_sees_unscaled_gradients(accumulated, tiny_cifar, tmp_path, monkeypatch):
     """CPU fp16 runs a real GradScaler that Accelerate's clip_grad_norm_ does not unscale itself: the
     first clipped norm must be the fp32 run's, not 2**10 times it."""
@@ -192,6 +198,7 @@ def test_flags_reach_the_recipe_and_bad_values_name_the_flag(capsys):
         assert err.startswith(f"error: {flag}:") and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_resume_between_the_phases_restores_the_ema_bit_for_bit(accumulated, tiny_cifar, tmp_path):
     """Phase 1 alone, then --resume with phase 2 added: the same EMA and weights as the run of both."""
     from safetensors.torch import load_file

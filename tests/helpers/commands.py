@@ -6,6 +6,7 @@ import configparser
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -98,16 +99,45 @@ def start_train(dataset: Path, out: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for(proc: subprocess.Popen, condition: Callable[[], object], timeout: float = 300,
-             poll: float = 0.002) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
+def signal_trees(procs: list[subprocess.Popen], sig: int) -> None:
+    """`sig` to each running process and to all its descendants (a launcher's workers too)."""
+    import psutil
+
+    for proc in procs:
         if proc.poll() is not None:
-            raise AssertionError(f"train.py ended ({proc.returncode}) first:\n{proc.stdout.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for train.py")
-        time.sleep(poll)
+            continue
+        try:
+            parent = psutil.Process(proc.pid)
+            tree = [parent, *parent.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            try:
+                process.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def stop_when(procs: subprocess.Popen | list[subprocess.Popen], condition: Callable[[], object],
+              timeout: float = 600, slice_s: float = 0.002) -> None:
+    """Run the processes in short slices (SIGCONT, then SIGSTOP, each with its descendants) until
+    `condition()` holds while they are stopped, and leave them stopped there: the test signals
+    processes whose progress it has seen, however loaded the machine (`signal_trees(procs,
+    signal.SIGCONT)` lets them go on)."""
+    procs = [procs] if isinstance(procs, subprocess.Popen) else procs
+    deadline = time.monotonic() + timeout
+    while True:
+        signal_trees(procs, signal.SIGSTOP)
+        if condition():
+            return
+        ended = [proc for proc in procs if proc.poll() is not None]
+        if ended or time.monotonic() > deadline:
+            for proc in procs:
+                proc.kill()
+            output = "\n".join(proc.stdout.read() if proc.stdout else "" for proc in ended)
+            raise AssertionError(f"a process ended first:\n{output}" if ended else "timed out")
+        signal_trees(procs, signal.SIGCONT)
+        time.sleep(slice_s)
 
 
 def free_port() -> int:
@@ -145,7 +175,7 @@ def command_help(kind: str, target: str, name: str | None = None) -> HelpRun:
             f"heavy = sorted(set({list(HEAVY_LIBRARIES)!r}) & set(sys.modules))\n"
             "print('heavy imports:', json.dumps(heavy), file=sys.stderr)\nsys.exit(code)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
     *lines, last = done.stderr.splitlines() or [""]
     if not last.startswith("heavy imports: "):
         return HelpRun(done.returncode, done.stdout, done.stderr, None)

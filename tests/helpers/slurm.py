@@ -96,7 +96,7 @@ class SlurmCluster:
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([find_binary(command[0]) or command[0], *command[1:]], env=self.env,
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=600)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr}"
                                  f"\n{self.logs()}")
@@ -107,7 +107,7 @@ class SlurmCluster:
         """Submit `script` with `args` after it; `env` is the job's environment (sbatch passes it on)."""
         result = subprocess.run([find_binary("sbatch"), "--parsable", *options, str(script), *args],
                                 env={**(env or os.environ), "SLURM_CONF": self.env["SLURM_CONF"]},
-                                capture_output=True, text=True, timeout=60)
+                                capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"sbatch failed: {result.stderr}\n{self.logs()}"
         return result.stdout.strip().split(";")[0]
 
