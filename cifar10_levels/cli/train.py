@@ -6,9 +6,11 @@ import dataclasses
 from pathlib import Path
 
 from .arguments import Parser, duration, non_negative_int, positive
+from .config_file import blamed_on, given_on_command_line, parse_with_file, read_config_file, resume_changes
 from ..checkpoint.meta import BEST_NAME
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..recipes import LEVELS, Recipe, get_recipe
+from ..train.config import RunConfig
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -55,6 +57,11 @@ def train_parser() -> argparse.ArgumentParser:
                "keeps the level's value (table at the end).",
                epilog=levels_table(), formatter_class=HelpFormatter)
     p.add_argument("--level", default="1", help=f"recipe: {', '.join(LEVELS)}")
+    p.add_argument("--config", metavar="FILE", help="YAML file of flag values (keys: the flags without "
+                   "the dashes, e.g. a run's config.yaml, or a few lines naming a level and overrides); "
+                   "flags given on the command line override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML "
+                   "(what RUN_DIR/config.yaml will hold) and exit without loading data")
     r = p.add_argument_group("recipe overrides", "default: from the level")
     r.add_argument("--arch", help="timm model name, e.g. resnet18, or cifar_speednet")
     r.add_argument("--img-size", type=positive(int), help="training/eval resolution (px), 16 to 1024")
@@ -220,41 +227,63 @@ def augment_from_args(augment, args: argparse.Namespace):
     return dataclasses.replace(augment, **changes)
 
 
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of parsed train.py arguments: the recipe, and every other flag by its name."""
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+                if f.name not in ("recipe", "resume", "resume_auto")}
+    return RunConfig(recipe=recipe_from_args(args), **settings)
+
+
+def parse_run_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
+    """train.py's command line (over --config FILE's values) as a RunConfig; on a resume, the run's
+    saved config.yaml with the flags that may change. Also whether to print it and stop."""
+    from ..checkpoint.run_dir import resolve_resume
+    from ..train.config import CONFIG_NAME
+
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    given = given_on_command_line(parser, argv)
+    from_file = read_config_file(args.config, parser) if args.config else {}
+    args = parse_with_file(parser, from_file, argv)
+    with blamed_on(args.config, set(from_file) - given):
+        config = config_from_args(args)
+    resume = resolve_resume(args.resume, config.run_dir)
+    saved_file = config.run_dir / CONFIG_NAME
+    if resume and saved_file.is_file():
+        saved = read_config_file(saved_file, parser)
+        resume_changes(saved, {dest: getattr(args, dest) for dest in given | set(from_file)},
+                       config.run_dir)
+        args = parse_with_file(parser, {**saved, "output_dir": args.output_dir, "run_name": args.run_name},
+                               argv)
+        config = config_from_args(args)
+    return dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto"), args.print_config
+
+
 @exits_cleanly_on_user_error
 def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
-    recipe = recipe_from_args(args)
-    from ..checkpoint.run_dir import resolve_resume, run_dir
-    from ..train.options import RunOptions
+    config, print_only = parse_run_config(argv)
+    if print_only:
+        from ..train.config import config_yaml
 
-    resume = resolve_resume(args.resume, run_dir(args.output_dir, recipe, args.run_name))
-    opts = RunOptions(
-        output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,
-        eval_limit=args.eval_limit, pretrained_file=args.pretrained_file, resume=resume,
-        resume_auto=args.resume == "auto", checkpoint_every=args.checkpoint_every,
-        overwrite=args.overwrite,
-        mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
-        lr_scaling=args.lr_scaling, compile=args.compile, channels_last=args.channels_last,
-        max_nonfinite=args.max_nonfinite, report_to=args.report_to,
-        wandb_project=args.wandb_project, wandb_entity=args.wandb_entity, run_name=args.run_name,
-        log_checkpoint=args.log_checkpoint, progress=not args.no_progress, time_budget=args.time_budget)
+        print(config_yaml(config), end="")
+        return 0
     from ..train.preflight import preflight
 
-    preflight(recipe, opts)
-    if args.push_to_hub:
+    preflight(config)
+    if config.push_to_hub:
         from ..hub.export import check_push_ready
-        hub_token = check_push_ready(args.push_to_hub)
+        hub_token = check_push_ready(config.push_to_hub)
     from ..train.step_hooks import Stopped
     from ..train.trainer import Trainer
 
     try:
-        trainer = Trainer(recipe, opts)
+        trainer = Trainer(config)
         trainer.fit()
     except Stopped:
         return 143
-    if args.push_to_hub and trainer.accelerator.is_main_process:
+    if config.push_to_hub and trainer.accelerator.is_main_process:
         from ..hub.export import push_after_training
-        push_after_training(trainer.run_dir, args.push_to_hub, args.hub_private, hub_token)
+        push_after_training(trainer.config.run_dir, config.push_to_hub, config.hub_private, hub_token)
     return 0
 
 
