@@ -47,6 +47,9 @@ def read_config_file(path: str | Path, parser: argparse.ArgumentParser) -> dict:
     values = {}
     for key, value in data.items():
         dest = str(key).replace("-", "_")
+        if dest in COMMAND_FLAGS:
+            raise UserError(f"{path}: {key}: says what one command does, not what the run is; give "
+                            f"--{dest.replace('_', '-')} on the command line instead")
         if dest not in actions:
             raise UserError(f"{path}: unknown key {key!r}; the keys are train.py's flags without the "
                             "dashes (train.py --print-config lists them)")

@@ -67,16 +67,9 @@ def ema_problem(config: RunConfig) -> str | None:
 
 def img_size_problem(recipe: Recipe) -> str | None:
     """A dry forward pass at the recipe's size: a clear error instead of a shape crash later."""
-    import torch
+    from ..models.factory import create_model, size_problem
 
-    from ..models.factory import create_model
-
-    model = create_model(recipe.arch, num_classes=10).eval()
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, recipe.img_size, recipe.img_size))
-    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert on the input size
-        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
+    if reason := size_problem(create_model(recipe.arch, num_classes=10).eval(), recipe.img_size):
         return (f"--img-size {recipe.img_size}: {recipe.arch} cannot take this size ({reason}); "
                 "try a multiple of 32")
     return None
