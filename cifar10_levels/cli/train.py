@@ -253,8 +253,8 @@ def parse_run_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
         saved = read_config_file(saved_file, parser)
         resume_changes(saved, {dest: getattr(args, dest) for dest in given | set(from_file)},
                        config.run_dir)
-        args = parse_with_file(parser, {**saved, "output_dir": args.output_dir, "run_name": args.run_name},
-                               argv)
+        args = parse_with_file(parser, {**saved, **from_file, "output_dir": args.output_dir,
+                                        "run_name": args.run_name}, argv)
         config = config_from_args(args)
     return dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto"), args.print_config
 
