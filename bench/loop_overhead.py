@@ -36,7 +36,7 @@ BENCH_DEFAULTS = ["--no-pretrained", "--report-to", "none", "--no-progress", "--
 
 
 def build_trainer(train_argv: list[str], output_dir: Path) -> Trainer:
-    config, _ = parse_run_config(BENCH_DEFAULTS + train_argv + ["--output-dir", str(output_dir)])
+    config = parse_run_config(BENCH_DEFAULTS + train_argv + ["--output-dir", str(output_dir)]).config
     return Trainer(config)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,10 +20,10 @@ from helpers.runs import EMA, EPOCHS, RUN, SMALL, outcome, same_tensors, trained
 
 @pytest.mark.parametrize("level", list(LEVELS))
 def test_each_levels_config_file_reads_back_as_the_same_config(level, tmp_path):
-    config, _ = parse_run_config(["--level", level, "--seed", "3", "--train-limit", "100"])
+    config = parse_run_config(["--level", level, "--seed", "3", "--train-limit", "100"]).config
     path = tmp_path / "config.yaml"
     path.write_text(config_yaml(config))
-    assert parse_run_config(["--config", str(path)])[0] == config
+    assert parse_run_config(["--config", str(path)]).config == config
 
 
 def test_a_finished_runs_config_yaml_trains_the_same_weights_again(tiny_cifar, tmp_path):
@@ -70,6 +69,7 @@ def test_print_config_prints_the_resolved_yaml_without_data(tmp_path):
     ("lr: {head: 1}\n", "lr: {'head': 1}: expected a list of values"),
     ("resume: true\n", "resume: says what one command does"),
     ("arch: [resnet18\n", "not valid YAML at line 2"),
+    ("img_size: 8\nno_pretrained: true\n", "img_size 8: use 16 to 1024 px"),
 ])
 def test_a_bad_config_file_gets_one_line_naming_the_file_and_the_key(text, expected, tiny_cifar, tmp_path):
     path = tmp_path / "bad.yaml"

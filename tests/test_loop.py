@@ -30,8 +30,8 @@ def parts(accelerator, tmp_path, poison: bool = False, max_nonfinite: int = 20):
         return (x * float("nan") if poison else x), y
 
     logged = []
-    config, _ = parse_run_config(["--output-dir", str(tmp_path), "--no-progress",
-                                  "--max-nonfinite", str(max_nonfinite)])
+    config = parse_run_config(["--output-dir", str(tmp_path), "--no-progress",
+                                  "--max-nonfinite", str(max_nonfinite)]).config
     hooks = StepHooks(accelerator, config, check_every_step=True, stop=StopFlag(accelerator),
                       log_step=lambda metrics, step: logged.append(step), warn_if_slow=lambda s: None,
                       save_state=lambda: None)

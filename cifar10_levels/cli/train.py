@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from .arguments import Parser, duration, non_negative_int, positive
 from .config_file import blamed_on, given_on_command_line, parse_with_file, read_config_file, resume_changes
@@ -234,9 +233,23 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(recipe=recipe_from_args(args), **settings)
 
 
-def parse_run_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
+@dataclasses.dataclass(frozen=True)
+class TrainCommand:
+    """What train.py was asked: the run's config, and whether to print it and stop."""
+
+    config: RunConfig
+    print_config: bool
+    config_file: str | None         # --config FILE
+    file_keys: frozenset[str]       # what the file set and the command line did not
+
+    def blamed(self):
+        """A check whose error names a flag the file set names the file and its key instead."""
+        return blamed_on(self.config_file, self.file_keys)
+
+
+def parse_run_config(argv: list[str] | None = None) -> TrainCommand:
     """train.py's command line (over --config FILE's values) as a RunConfig; on a resume, the run's
-    saved config.yaml with the flags that may change. Also whether to print it and stop."""
+    saved config.yaml with the flags that may change."""
     from ..checkpoint.run_dir import resolve_resume
     from ..train.config import CONFIG_NAME
 
@@ -245,7 +258,8 @@ def parse_run_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
     given = given_on_command_line(parser, argv)
     from_file = read_config_file(args.config, parser) if args.config else {}
     args = parse_with_file(parser, from_file, argv)
-    with blamed_on(args.config, set(from_file) - given):
+    command = TrainCommand(None, args.print_config, args.config, frozenset(set(from_file) - given))
+    with command.blamed():
         config = config_from_args(args)
     resume = resolve_resume(args.resume, config.run_dir)
     saved_file = config.run_dir / CONFIG_NAME
@@ -256,20 +270,23 @@ def parse_run_config(argv: list[str] | None = None) -> tuple[RunConfig, bool]:
         args = parse_with_file(parser, {**saved, **from_file, "output_dir": args.output_dir,
                                         "run_name": args.run_name}, argv)
         config = config_from_args(args)
-    return dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto"), args.print_config
+    config = dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto")
+    return dataclasses.replace(command, config=config)
 
 
 @exits_cleanly_on_user_error
 def train_main(argv: list[str] | None = None) -> int:
-    config, print_only = parse_run_config(argv)
-    if print_only:
+    command = parse_run_config(argv)
+    config = command.config
+    if command.print_config:
         from ..train.config import config_yaml
 
         print(config_yaml(config), end="")
         return 0
     from ..train.preflight import preflight
 
-    preflight(config)
+    with command.blamed():
+        preflight(config)
     if config.push_to_hub:
         from ..hub.export import check_push_ready
         hub_token = check_push_ready(config.push_to_hub)

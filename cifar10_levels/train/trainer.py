@@ -21,7 +21,7 @@ from ..evaluation.metrics import reliability_bins
 from ..files import write_json
 from ..models.factory import count_parameters, create_model, set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
-from ..recipes import Phase, Recipe
+from ..recipes import Phase
 from ..runtime.time_budget import TrainingLength
 from ..runtime.time_budget_probe import ProbeParts, process_seconds, replan, resumed_plan, run_plan
 from ..tracking.console import SlowRunWarning, epoch_line, format_duration

@@ -48,9 +48,9 @@ def train(dataset: str, out: str, batch_size: int, grad_accum: int, lr: float, s
     from cifar10_levels.train.trainer import Trainer
 
     torch.set_num_threads(1)
-    config, _ = parse_run_config(["--output-dir", out, "--dataset", dataset, "--mixed-precision", "no",
+    config = parse_run_config(["--output-dir", out, "--dataset", dataset, "--mixed-precision", "no",
                                   "--grad-accum", str(grad_accum), "--lr-scaling", scaling,
-                                  "--report-to", "none", "--no-progress"])
+                                  "--report-to", "none", "--no-progress"]).config
     Trainer(dataclasses.replace(config, recipe=equivalence_recipe(batch_size, lr))).fit()
 
 
