@@ -94,15 +94,11 @@ class Trainer:
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
 
     def _setup_state(self) -> None:
-        """Where the run starts: on --resume where it was saved, else at the beginning; the flag
-        SIGTERM/SIGINT raise, and the step hooks that count the steps."""
+        """Where the run starts: on --resume where it was saved, else at the beginning; and the flag
+        SIGTERM/SIGINT raise."""
         self.state = self.store.load_train_state() if self.config.resume else TrainState()
-        self.stop = StopFlag(self.accelerator)
         self.saved_state_to_load = self.store.state_dir if self.config.resume else None
-        self.hooks = StepHooks(self.accelerator, self.config, check_every_step=self.amp.scaler is None,
-                               stop=self.stop, log_step=lambda metrics, step: self.log.step(metrics, step),
-                               warn_if_slow=lambda seconds: self.warn_if_slow(seconds),
-                               save_state=self.save_state_mid_epoch)
+        self.stop = StopFlag(self.accelerator)
 
     def _setup_budget(self) -> None:
         """--time-budget: the steps that fit, measured now, or on --resume the plan saved with the run;
@@ -124,7 +120,8 @@ class Trainer:
         self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
 
     def _setup_logging(self) -> None:
-        """The slow-run warning and the run log with the configuration its trackers record."""
+        """The slow-run warning, the run log with the configuration its trackers record, and the step
+        hooks that report to them and count the steps."""
         config, accelerator = self.config, self.accelerator
         total_steps = self.length.total_epochs * len(self.train_loader) // accelerator.num_processes
         self.warn_if_slow = SlowRunWarning(total_steps, self.device_name(), self.print)
@@ -135,6 +132,9 @@ class Trainer:
         settings = TrackerSettings(config.name, config.report_to, config.wandb_project,
                                    config.wandb_entity, config.log_checkpoint, config.resume)
         self.log = RunLog(accelerator, self.run_dir, tracked, self.recipe, settings)
+        self.hooks = StepHooks(accelerator, config, check_every_step=self.amp.scaler is None, stop=self.stop,
+                               log_step=self.log.step, warn_if_slow=self.warn_if_slow,
+                               save_state=self.save_state_mid_epoch)
 
     def print(self, *args) -> None:
         if self.accelerator.is_main_process:  # accelerator.print prints once per machine
