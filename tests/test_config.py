@@ -97,11 +97,13 @@ def test_a_resume_continues_the_run_as_configured_and_refuses_a_change(tiny_cifa
     assert train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, check=False).returncode == 143
     monkeypatch.undo()
     locate = ["--dataset", str(tiny_cifar), "--output-dir", str(tmp_path), "--arch", "test_resnet"]
-    for change, named in ((["--lr", "0.5", "0.5"], "--lr 0.5 0.5"), (["--ema", "0.5"], "--ema 0.5"),
-                          (["--seed", "1", "--run-name", RUN], "--seed 1")):
+    for change, named in ((["--lr", "0.5", "0.5"], "--lr: the run in {} trains with lr 0.01 0.01 "
+                                                   "(its config.yaml), not 0.5 0.5"),
+                          (["--ema", "0.5"], "--ema: the run in {} trains with ema 0.9 (its config.yaml), not 0.5"),
+                          (["--seed", "1", "--run-name", RUN], "--seed: the run in {} trains with seed 42")):
         refused = train_in_process([*locate, *change, "--resume"])
-        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {named}: the run in "), \
-            refused.stderr
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: " + named.format(tmp_path / RUN)), refused.stderr
     # only what locates the run, and flags that do not change the training
     resumed = train_in_process([*locate, "--resume", "--no-progress", "--checkpoint-every", "1h",
                                 "--report-to", "none"])

@@ -118,10 +118,12 @@ def resume_changes(saved: dict, wanted: dict, run_dir: Path) -> None:
         if dest in RESUME_MAY_CHANGE or dest not in saved or saved[dest] == value:
             continue
         flag = "--" + dest.replace("_", "-")
-        raise UserError(f"{flag} {format_value(value)}: the run in {run_dir} trains with {dest} "
-                        f"{format_value(saved[dest])} (its config.yaml); resume it without {flag}, or "
+        raise UserError(f"{flag}: the run in {run_dir} trains with {dest} {format_value(saved[dest])} "
+                        f"(its config.yaml), not {format_value(value)}; resume it without {flag}, or "
                         "start a new run with another --run-name")
 
 
 def format_value(value: object) -> str:
+    if value is None:
+        return "unset"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
