@@ -26,9 +26,8 @@ from torch import nn
 
 from measure import CpuClock, Spread, environment_header, interleave, ratio
 
-from cifar10_levels.cli.train import recipe_from_args, train_parser
+from cifar10_levels.cli.train import parse_run_config
 from cifar10_levels.optim.factory import build_optimizer
-from cifar10_levels.train.options import RunOptions
 from cifar10_levels.models.factory import set_train_mode
 from cifar10_levels.recipes import Phase
 from cifar10_levels.train.trainer import Trainer
@@ -37,27 +36,21 @@ BENCH_DEFAULTS = ["--no-pretrained", "--report-to", "none", "--no-progress", "--
 
 
 def build_trainer(train_argv: list[str], output_dir: Path) -> Trainer:
-    args = train_parser().parse_args(BENCH_DEFAULTS + train_argv)
-    recipe = recipe_from_args(args).with_overrides(pretrained=False)
-    opts = RunOptions(output_dir=output_dir, dataset=args.dataset, train_limit=args.train_limit,
-                      eval_limit=args.eval_limit, mixed_precision=args.mixed_precision,
-                      compile=args.compile, channels_last=args.channels_last,
-                      report_to=args.report_to, progress=not args.no_progress)
-    return Trainer(recipe, opts)
+    config = parse_run_config(BENCH_DEFAULTS + train_argv + ["--output-dir", str(output_dir)]).config
+    return Trainer(config)
 
 
 def timed_epoch_of_ours(trainer: Trainer, phase: Phase):
     """One call of the real train_one_epoch (through Trainer.train_epoch) on the prepared loader;
     returns (images, seconds)."""
     epochs = iter(range(10**9))
-    hooks = trainer.step_hooks(phase)
 
     def run() -> tuple[int, float]:
         set_train_mode(trainer.model, phase.train_backbone)
         trainer.prepared_train.set_epoch(next(epochs))
         trainer.state.step = 0
         start = time.perf_counter()
-        stats = trainer.train_epoch(phase, trainer.prepared_train, hooks)
+        stats = trainer.train_epoch(phase, trainer.prepared_train)
         return stats.images, time.perf_counter() - start
 
     return run

@@ -6,6 +6,8 @@ bit-identical, and is the speed within noise? For refactors that must not change
 
 DIR is CIFAR-10 in the HF Hub layout (`hf download uoft-cs/cifar10 --repo-type dataset --local-dir DIR`).
 The runs alternate (before, after, before, after) so a machine that slows down hurts both sides alike.
+With --rerun-config, the after side's run is run once more from its own config.yaml
+(`train.py --config RUN/config.yaml`), a third column that must match too.
 Each side's `train.py` imports the package from its own checkout (the script's folder comes first on
 sys.path). The fast recipe runs with bf16 fixed, so the CPU precision probe cannot choose differently.
 """
@@ -33,7 +35,7 @@ COMPARED = ("test_acc", "test_loss", "test_nll", "test_acc_tta", "best_val_acc",
 
 
 def run(checkout: Path, args: list[str], dataset: str, out: Path) -> tuple[dict, float]:
-    command = [sys.executable, str(checkout / "train.py"), *args, "--dataset", dataset, "--seed", "42",
+    command = [sys.executable, str(checkout / "train.py"), *args, "--dataset", dataset,
                "--output-dir", str(out), "--report-to", "none", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     start = time.perf_counter()
@@ -69,24 +71,37 @@ def main() -> int:
     parser.add_argument("--after", type=Path, required=True, help="checkout of the new code")
     parser.add_argument("--dataset", required=True, help="CIFAR-10 in the HF Hub layout")
     parser.add_argument("--only", choices=sorted(REFERENCES), help="run one reference only")
+    parser.add_argument("--train-limit", help="train on N images only (a quicker, smaller comparison)")
+    parser.add_argument("--rerun-config", action="store_true",
+                        help="also rerun the after side from its run's config.yaml")
     args = parser.parse_args()
     print(environment_header())
-    print("| reference | metric | before | after | same |\n|---|---|---|---|---|")
+    rerun = " | after, from its config.yaml" if args.rerun_config else ""
+    print(f"| reference | metric | before | after{rerun} | same |\n|---|---|---|---|---|"
+          f"{'---|' if rerun else ''}")
+    limit = ["--train-limit", args.train_limit] if args.train_limit else []
     all_same = True
     for name, flags in REFERENCES.items():
         if args.only and name != args.only:
             continue
         measured = {}
-        for side in ("before", "after"):
-            with tempfile.TemporaryDirectory() as tmp:
-                measured[side] = run(getattr(args, side).resolve(), flags, args.dataset, Path(tmp))
-        (before, before_s), (after, after_s) = measured["before"], measured["after"]
-        for key in before:
-            same = before[key] == after[key]
+        with tempfile.TemporaryDirectory() as tmp:
+            for side in ("before", "after"):
+                measured[side] = run(getattr(args, side).resolve(), [*flags, *limit, "--seed", "42"],
+                                     args.dataset, Path(tmp, side))
+            if args.rerun_config:
+                saved = next(Path(tmp, "after").glob("*/config.yaml"))
+                measured["rerun"] = run(args.after.resolve(), ["--config", str(saved)], args.dataset,
+                                        Path(tmp, "rerun"))
+        sides = [measured[side] for side in ("before", "after", "rerun") if side in measured]
+        for key in sides[0][0]:
+            values = [side[0][key] for side in sides]
+            same = all(v == values[0] for v in values)
             all_same &= same
-            print(f"| {name} | {key} | {before[key]} | {after[key]} | {'yes' if same else '**no**'} |")
-        print(f"| {name} | wall seconds | {before_s:.1f} | {after_s:.1f} | ratio after/before "
-              f"{after_s / before_s:.3f} |")
+            print(f"| {name} | {key} | {' | '.join(map(str, values))} | {'yes' if same else '**no**'} |")
+        seconds = [side[1] for side in sides]
+        print(f"| {name} | wall seconds | {' | '.join(f'{s:.1f}' for s in seconds)} | ratio after/before "
+              f"{seconds[1] / seconds[0]:.3f} |")
     print("bit-identical" if all_same else "RESULTS DIFFER")
     return 0 if all_same else 1
 

@@ -1,4 +1,4 @@
-"""The level recipes as data: one frozen dataclass per level (numbers from RECIPES.md)."""
+"""The level recipes as data: one frozen dataclass per level (the README's table of levels)."""
 from __future__ import annotations
 
 import dataclasses

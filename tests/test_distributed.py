@@ -24,12 +24,12 @@ BIN = Path(sys.executable).parent
 TIMEOUT = 600
 
 
-def launch(command: list, env: dict | None = None) -> subprocess.CompletedProcess:
+def launch(command: list, env: dict | None = None, returncode: int = 0) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     result = subprocess.run([str(c) for c in command], cwd=ROOT, env=full_env, capture_output=True,
                             text=True, timeout=TIMEOUT)
-    if result.returncode != 0:
+    if result.returncode != returncode:
         raise AssertionError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n"
                              f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -49,11 +49,13 @@ def two_process_run(tiny_cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("two_process")
     digests = out / "digests"
 
-    def run(*extra: str) -> subprocess.CompletedProcess:
+    def run(*extra: str, out: Path = out, digests: Path = digests, env: dict | None = None,
+            returncode: int = 0) -> subprocess.CompletedProcess:
         return launch(accelerate_launch_two(
             HELPERS / "train_recording_weights.py", "--dataset", tiny_cifar, "--output-dir", out,
             *TINY_TRAIN, "--report-to", "wandb", "--arch", "test_resnet", "--lr", "1e-2", "1e-2",
-            "--ema", "0.9", *extra), env={"RECORD_WEIGHTS_DIR": str(digests), "WANDB_MODE": "offline"})
+            "--ema", "0.9", *extra), env={"RECORD_WEIGHTS_DIR": str(digests), "WANDB_MODE": "offline",
+                                          **(env or {})}, returncode=returncode)
 
     first = run("--epochs", "1", "1")
     return {"out": out, "run_dir": out / "L1-test_resnet-s42", "digests": digests, "first": first,
@@ -91,21 +93,26 @@ def test_two_processes_write_every_file_once(two_process_run):
     assert len(wandb_runs) == 1, f"expected one W&B run, found {wandb_runs}"
 
 
-def test_resume_after_a_two_process_run(two_process_run):
-    """The same launch with --resume and one more epoch continues where the run stopped."""
-    run_dir = two_process_run["run_dir"]
+def test_resume_after_a_two_process_run(two_process_run, tmp_path):
+    """A two-process run stopped after its first epoch continues where it stopped with --resume."""
+    run, digests = two_process_run["run"], tmp_path / "digests"
+    # the launcher reports its processes' exit 143 as its own 1
+    stopped = run("--epochs", "1", "2", out=tmp_path, digests=digests, env={"STOP_AFTER_EPOCH": "1"},
+                  returncode=1)
+    assert "stopped: state saved" in stopped.stdout
+    run_dir = tmp_path / "L1-test_resnet-s42"
     first_history = history(run_dir)
-    resumed = two_process_run["run"]("--epochs", "1", "2", "--resume")
+    resumed = run("--epochs", "1", "2", "--resume", out=tmp_path, digests=digests)
     assert "resuming from" in resumed.stdout
     assert "epoch 3/3" in resumed.stdout and "epoch 1/3" not in resumed.stdout
     records = history(run_dir)
     assert [h["epoch"] for h in records] == [1, 2, 3]
-    assert records[:2] == first_history
-    rank0, rank1 = (digest(two_process_run["digests"], rank, 3) for rank in (0, 1))
+    assert records[:len(first_history)] == first_history
+    rank0, rank1 = (digest(digests, rank, 3) for rank in (0, 1))
     assert rank0 == rank1
     results = json.loads((run_dir / "results.json").read_text())
     assert results["num_processes"] == 2 and set(results["final_weights"]) >= {"raw", "ema"}
-    wandb_ids = {p.name.rsplit("-", 1)[1] for p in two_process_run["out"].rglob("offline-run-*")}
+    wandb_ids = {p.name.rsplit("-", 1)[1] for p in tmp_path.rglob("offline-run-*")}
     assert len(wandb_ids) == 1, f"the resumed run should continue the same W&B run: {wandb_ids}"
 
 

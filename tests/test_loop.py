@@ -11,6 +11,7 @@ from cifar10_levels.runtime.precision import Amp
 from cifar10_levels.recipes import Augment, get_recipe
 from cifar10_levels.train.step_hooks import Diverged, StepHooks, StopFlag
 from cifar10_levels.checkpoint.train_state import TrainState
+from cifar10_levels.cli.train import parse_run_config
 
 BATCHES, BATCH = 6, 8
 
@@ -28,26 +29,28 @@ def parts(accelerator, tmp_path, poison: bool = False, max_nonfinite: int = 20):
         x = x.float() / 255
         return (x * float("nan") if poison else x), y
 
-    state, logged = TrainState(), []
-    hooks = StepHooks(accelerator, state, "full", max_nonfinite=max_nonfinite,
-                      best_checkpoint=tmp_path / "best.safetensors", check_every_step=True,
-                      stop=StopFlag(accelerator), log_step=lambda metrics, step: logged.append(step),
-                      warn_if_slow=lambda s: None, progress=False)
-    return model, optimizer, scheduler, loader, augment, state, hooks
+    logged = []
+    config = parse_run_config(["--output-dir", str(tmp_path), "--no-progress",
+                                  "--max-nonfinite", str(max_nonfinite)]).config
+    hooks = StepHooks(accelerator, config, check_every_step=True, stop=StopFlag(accelerator),
+                      log_step=lambda metrics, step: logged.append(step), warn_if_slow=lambda s: None,
+                      save_state=lambda: None)
+    hooks.count_from("full", TrainState())
+    return model, optimizer, scheduler, loader, augment, hooks
 
 
 def test_one_epoch_from_explicit_parts_steps_once_per_batch(accelerator, tmp_path):
-    model, optimizer, scheduler, loader, augment, state, hooks = parts(accelerator, tmp_path)
+    model, optimizer, scheduler, loader, augment, hooks = parts(accelerator, tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
     stats = train_one_epoch(accelerator, model, optimizer, scheduler, loader, augment, False,
                             nn.CrossEntropyLoss(), Amp("no", None), hooks)
     assert stats.images == BATCHES * BATCH and 0 <= stats.acc <= 1 and stats.loss > 0
-    assert state.step == state.global_step == BATCHES and scheduler.last_epoch == BATCHES
+    assert hooks.step == hooks.global_step == BATCHES and scheduler.last_epoch == BATCHES
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
 def test_nonfinite_losses_skip_the_step_and_stop_with_diverged(accelerator, tmp_path):
-    model, optimizer, scheduler, loader, augment, state, hooks = parts(accelerator, tmp_path, poison=True,
+    model, optimizer, scheduler, loader, augment, hooks = parts(accelerator, tmp_path, poison=True,
                                                                        max_nonfinite=4)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Diverged, match=r"non-finite \(nan\) for 4 steps in a row, up to step 4 in phase "

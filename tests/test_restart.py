@@ -27,17 +27,21 @@ TOY = ["--arch", "test_resnet", "--lr", "1e-2", "1e-2"]
 
 @pytest.fixture(scope="module")
 def auto_run(tiny_cifar, tmp_path_factory) -> tuple[Path, list]:
-    """The same command with --resume auto twice: a first start, then one more epoch."""
+    """The same command with --resume auto twice: a first start that a stop request ends at its first
+    check (step 10), then its continuation to the end."""
     out = tmp_path_factory.mktemp("auto")
-    results = [train(tiny_cifar, out, *TOY, "--epochs", "0", epochs, *AUTO) for epochs in ("1", "2")]
-    return out / RUN, results
+    command = [*TOY, "--epochs", "0", "2", *AUTO]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StopFlag, "requested", lambda self: True)
+        first = train(tiny_cifar, out, *command, check=False)
+    return out / RUN, [first, train(tiny_cifar, out, *command)]
 
 
 def test_resume_auto_starts_a_new_run_then_continues_it(auto_run):
     run_dir, (first, second) = auto_run
-    assert "resuming from" not in first.stdout and "epoch 1/1" in first.stdout
-    assert f"resuming from {run_dir / 'state'}: phase 2, epoch 2, step 0" in second.stdout
-    assert "epoch 2/2" in second.stdout and "epoch 1/2" not in second.stdout
+    assert first.returncode == 143 and "resuming from" not in first.stdout
+    assert f"resuming from {run_dir / 'state'}: phase 2, epoch 1, step 10" in second.stdout
+    assert "epoch 2/2" in second.stdout
     assert [h["epoch"] for h in history(run_dir)] == [1, 2]
     assert json.loads((run_dir / "results.json").read_text())["checkpoint_every"] is None
 

@@ -137,7 +137,7 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
     after_step = step_hooks.StepHooks.after_step
 
     def stopping_after_step(self, *step_args):
-        if stop_at is not None and self.state.global_step + 1 == stop_at:
+        if stop_at is not None and self.global_step + 1 == stop_at:
             self.accelerator.set_trigger()
         return after_step(self, *step_args)
 

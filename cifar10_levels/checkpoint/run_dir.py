@@ -25,10 +25,6 @@ def run_name(recipe: Recipe, explicit: str | None = None) -> str:
     return explicit or f"L{recipe.level}-{recipe.arch}-s{recipe.seed}"
 
 
-def run_dir(output_dir: str | Path, recipe: Recipe, explicit_name: str | None = None) -> Path:
-    return Path(output_dir) / run_name(recipe, explicit_name)
-
-
 def check_run_name(name: str) -> str | None:
     """None when `name` can be a directory name; otherwise why not."""
     if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
@@ -70,16 +66,18 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def nothing_to_resume(directory: Path, on_another_machine: bool = False) -> str:
+    where = " on another machine" if on_another_machine else ""
+    return f"--resume: nothing to resume in {directory} (no saved state{where}); start without --resume"
+
+
 def run_dir_problem(directory: Path, resume: bool, overwrite: bool, resume_auto: bool = False
                     ) -> str | None:
     """The one-line reason this run may not use `directory`, or None when it may. `resume_auto`:
     --resume auto, which found no saved state there (else `resume`)."""
     found = existing_run_files(directory) if directory.is_dir() else []
     if resume:
-        if not has_saved_state(directory):
-            return (f"--resume: nothing to resume in {directory} (no saved state); "
-                    "start without --resume")
-        return None
+        return None if has_saved_state(directory) else nothing_to_resume(directory)
     if found and resume_auto:
         return (f"--resume auto: run directory {directory} holds a run ({', '.join(found)}) but no "
                 "saved state to continue it from; replace it with --overwrite instead of --resume "

@@ -20,7 +20,7 @@ from ..files import check_writable_dir, ensure_writable_dir, remove_stale_tempor
 from ..recipes import Recipe
 from .resume_state import EMA_FILE, TRAIN_STATE_FILE, read_ema, read_train_state, save_ema, \
     state_problem, write_recipe
-from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, replace_dir
+from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, nothing_to_resume, replace_dir
 from .state_dict import clean_state_dict, load_full_state_dict
 from .train_state import TrainState
 
@@ -67,9 +67,7 @@ class RunStore:
                                 "start again with --overwrite")
             return
         if not on_every_process(self.accelerator, self.state_dir is not None):
-            raise UserError(f"--resume: nothing to resume in {self.run_dir} (no saved state"
-                            f"{'' if self.state_dir is None else ' on another machine'}); "
-                            "start without --resume")
+            raise UserError(nothing_to_resume(self.run_dir, on_another_machine=self.state_dir is not None))
 
     def prepare_output_dir(self) -> None:
         """Shared disk: the global main writes. Machine-local disks: each machine's main keeps a copy

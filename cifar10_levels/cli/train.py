@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from .arguments import Parser, duration, finite_float, non_negative_int, positive, seed
+from .config_file import blamed_on, given_on_command_line, parse_with_file, read_config_file, resume_changes
 from ..checkpoint.meta import BEST_NAME
 from ..errors import UserError, exits_cleanly_on_user_error
 from ..recipes import LEVELS, Recipe, get_recipe
+from ..train.config import RunConfig
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -55,6 +56,11 @@ def train_parser() -> argparse.ArgumentParser:
                "keeps the level's value (table at the end).",
                epilog=levels_table(), formatter_class=HelpFormatter)
     p.add_argument("--level", default="1", help=f"recipe: {', '.join(LEVELS)}")
+    p.add_argument("--config", metavar="FILE", help="YAML file of flag values (keys: the flags without "
+                   "the dashes, e.g. a run's config.yaml, or a few lines naming a level and overrides); "
+                   "flags given on the command line override it")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML "
+                   "(what RUN_DIR/config.yaml will hold) and exit without loading data")
     r = p.add_argument_group("recipe overrides", "default: from the level")
     r.add_argument("--arch", help="timm model name, e.g. resnet18, or cifar_speednet")
     r.add_argument("--img-size", type=positive(int), help="training/eval resolution (px), 16 to 1024")
@@ -220,48 +226,85 @@ def augment_from_args(augment, args: argparse.Namespace):
     return dataclasses.replace(augment, **changes)
 
 
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of parsed train.py arguments: the recipe, and every other flag by its name."""
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+                if f.name not in ("recipe", "resume", "resume_auto")}
+    return RunConfig(recipe=recipe_from_args(args), **settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCommand:
+    """What train.py was asked: the run's config, and whether to print it and stop."""
+
+    config: RunConfig
+    print_config: bool
+    config_file: str | None         # --config FILE
+    file_keys: frozenset[str]       # what the file set and the command line did not
+
+    def blamed(self):
+        """A check whose error names a flag the file set names the file and its key instead."""
+        return blamed_on(self.config_file, self.file_keys)
+
+
+def parse_run_config(argv: list[str] | None = None) -> TrainCommand:
+    """train.py's command line (over --config FILE's values) as a RunConfig; on a resume, the run's
+    saved config.yaml with the flags that may change."""
+    from ..checkpoint.run_dir import resolve_resume
+    from ..train.config import CONFIG_NAME
+
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    given = given_on_command_line(parser, argv)
+    from_file = read_config_file(args.config, parser) if args.config else {}
+    args = parse_with_file(parser, from_file, argv)
+    command = TrainCommand(None, args.print_config, args.config, frozenset(set(from_file) - given))
+    with command.blamed():
+        config = config_from_args(args)
+    resume = resolve_resume(args.resume, config.run_dir)
+    saved_file = config.run_dir / CONFIG_NAME
+    if resume and saved_file.is_file():
+        saved = read_config_file(saved_file, parser)
+        resume_changes(saved, {dest: getattr(args, dest) for dest in given | set(from_file)},
+                       config.run_dir)
+        args = parse_with_file(parser, {**saved, **from_file, "output_dir": args.output_dir,
+                                        "run_name": args.run_name}, argv)
+        config = config_from_args(args)
+    config = dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto")
+    return dataclasses.replace(command, config=config)
+
+
 @exits_cleanly_on_user_error
 def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
-    recipe = recipe_from_args(args)
-    from ..checkpoint.run_dir import resolve_resume, run_dir
-    from ..train.options import RunOptions
+    command = parse_run_config(argv)
+    config = command.config
+    if command.print_config:
+        from ..train.config import config_yaml
 
-    directory = run_dir(args.output_dir, recipe, args.run_name)
-    resume = resolve_resume(args.resume, directory)
-    opts = RunOptions(
-        output_dir=Path(args.output_dir), dataset=args.dataset, train_limit=args.train_limit,
-        eval_limit=args.eval_limit, pretrained_file=args.pretrained_file, resume=resume,
-        resume_auto=args.resume == "auto", checkpoint_every=args.checkpoint_every,
-        overwrite=args.overwrite,
-        mixed_precision=args.mixed_precision, grad_accum=args.grad_accum,
-        lr_scaling=args.lr_scaling, compile=args.compile, channels_last=args.channels_last,
-        max_nonfinite=args.max_nonfinite, report_to=args.report_to,
-        wandb_project=args.wandb_project, wandb_entity=args.wandb_entity, run_name=args.run_name,
-        log_checkpoint=args.log_checkpoint, progress=not args.no_progress, time_budget=args.time_budget)
+        print(config_yaml(config), end="")
+        return 0
     from ..train.preflight import preflight
 
-    preflight(recipe, opts)
-    if args.push_to_hub:
+    with command.blamed():
+        preflight(config)
+    if config.push_to_hub:
         from ..hub.export import check_push_ready
-        hub_token = check_push_ready(args.push_to_hub)
+        hub_token = check_push_ready(config.push_to_hub)
     from ..checkpoint.run_lock import locked_run_dir
     from ..train.step_hooks import Stopped
     from ..train.trainer import RunFinished, Trainer
 
-    with locked_run_dir(directory):
+    with locked_run_dir(config.run_dir):
         try:
-            trainer = Trainer(recipe, opts)
+            trainer = Trainer(config)
             trainer.fit()
         except Stopped:
             return 143
-        except RunFinished as finished:
-            if trainer.accelerator.is_main_process:
-                print(finished, flush=True)
+        except RunFinished:
             return 0
-        if args.push_to_hub and trainer.accelerator.is_main_process:
+        if config.push_to_hub and trainer.accelerator.is_main_process:
             from ..hub.export import push_after_training
-            push_after_training(trainer.run_dir, args.push_to_hub, args.hub_private, hub_token)
+            push_after_training(config.run_dir, config.push_to_hub, config.hub_private, hub_token)
     return 0
 
 

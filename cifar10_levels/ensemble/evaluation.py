@@ -15,6 +15,7 @@ from .cache import EvalSetting, cache_path, load_cached, save_cached
 from .members import Member
 from ..errors import UserError
 from ..evaluation.inference import model_probabilities
+from ..models.factory import size_problem
 
 
 @dataclass
@@ -69,9 +70,6 @@ def evaluate_members(accelerator: Accelerator, members: list[Member], splits: di
 def check_sizes(todo: list) -> None:
     """A dry forward pass per member: a clear error for a size the model cannot take."""
     for member, _, model in todo:
-        try:
-            with torch.inference_mode():
-                model(torch.zeros(1, 3, member.eval_img_size, member.eval_img_size))
-        except RuntimeError as err:
+        if reason := size_problem(model, member.eval_img_size):
             raise UserError(f"--img-size {member.eval_img_size}: {member.meta.arch} ({member.path}) "
-                            f"cannot take this size ({str(err).splitlines()[0][:120]})") from None
+                            f"cannot take this size ({reason})")

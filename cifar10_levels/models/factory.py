@@ -79,3 +79,15 @@ def set_train_mode(model: nn.Module, backbone_trainable: bool) -> None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def size_problem(model: nn.Module, img_size: int) -> str | None:
+    """A dry forward pass at `img_size`: why the model cannot take it, or None."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, img_size, img_size))
+    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert on the input size
+        return (str(err) or type(err).__name__).splitlines()[0][:120]
+    return None

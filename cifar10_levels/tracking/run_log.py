@@ -56,25 +56,25 @@ class TrackerSettings:
     resume: bool              # continue the W&B run whose id the run directory keeps
 
 
-def run_config(recipe: Recipe, accelerator: Accelerator, data: CIFAR10, *, global_batch: int,
-               grad_accum: int, lr_scaling: str, compile: bool, channels_last: bool,
-               train_limit: int | None, eval_limit: int | None, resumed: bool,
-               checkpoint_every: float | None, precision_probe: dict | None, time_budget: dict | None) -> dict:
-    """The configuration the trackers record when a run starts."""
+def run_config(config: dict, recipe: Recipe, accelerator: Accelerator, data: CIFAR10, *, global_batch: int,
+               resumed: bool, precision_probe: dict | None, time_budget: dict | None) -> dict:
+    """What the trackers record when a run starts: `config` (config.yaml's dict, under "config") and
+    what this run found: the whole recipe, the hardware, versions and data."""
     return {
+        "config": config,
         "recipe": recipe.to_dict(),
         "hardware": {"device": hardware_name(accelerator), "num_processes": accelerator.num_processes,
                      "precision": accelerator.mixed_precision, "cuda": torch.version.cuda,
                      "cpu_count": os.cpu_count(), "global_batch": global_batch,
-                     "grad_accum": grad_accum, "lr_scaling": lr_scaling,
-                     "compile": compile, "channels_last": channels_last},
+                     "grad_accum": config["grad_accum"], "lr_scaling": config["lr_scaling"],
+                     "compile": config["compile"], "channels_last": config["channels_last"]},
         "versions": package_versions(),
         "git_commit": git_commit(),
         "data": {"source": data.source, "train": len(data.train), "val": len(data.val),
-                 "test": len(data.test), "train_limit": train_limit,
-                 "eval_limit": eval_limit},
+                 "test": len(data.test), "train_limit": config["train_limit"],
+                 "eval_limit": config["eval_limit"]},
         "resumed": resumed,
-        "checkpoint_every": checkpoint_every,  # seconds between mid-epoch resume-state saves
+        "checkpoint_every": config["checkpoint_every"],  # seconds between mid-epoch resume-state saves
         "precision_probe": precision_probe,
         "time_budget": time_budget,
     }
@@ -110,8 +110,12 @@ class RunLog:
         r = self.recipe
         return f"{self.run_name}: level {r.level} {r.title}, {r.arch} @ {r.img_size}px"
 
-    def start(self) -> None:
+    def start(self, history: list[dict]) -> None:
+        """The trackers; and history.jsonl back to `history` (the state's: on a resume the epochs
+        logged after its save go)."""
         accelerator, settings, recipe = self.accelerator, self.settings, self.recipe
+        if self.main and (self.run_dir / "history.jsonl").exists():
+            write_history(self.run_dir, history)
         if not (self.main and accelerator.log_with):
             return
         wandb_kwargs = None

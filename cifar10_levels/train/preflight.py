@@ -6,19 +6,20 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
-from .options import RunOptions
+from .config import RunConfig
 from ..recipes import MAX_IMG_SIZE, MIN_IMG_SIZE, Recipe
 
 CIFAR10_TRAIN_IMAGES = 45_000   # the train split less the 10% validation split
 
 
-def preflight(recipe: Recipe, opts: RunOptions) -> None:
+def preflight(config: RunConfig) -> None:
     """Raise one UserError listing every problem found (one line each); return if there are none."""
     from ..tracking.trackers import tracker_problem
 
-    problems = [p for p in (*recipe_problems(recipe), ema_problem(recipe, opts),
-                            *batch_problems(recipe, opts), *source_problems(recipe, opts),
-                            *output_problems(recipe, opts), tracker_problem(opts.report_to)) if p]
+    recipe = config.recipe
+    problems = [p for p in (*recipe_problems(recipe), ema_problem(config),
+                            *batch_problems(config), *source_problems(config),
+                            *output_problems(config), tracker_problem(config.report_to)) if p]
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:
@@ -52,38 +53,32 @@ def recipe_problems(recipe: Recipe) -> list[str | None]:
     return problems
 
 
-def ema_problem(recipe: Recipe, opts: RunOptions) -> str | None:
+def ema_problem(config: RunConfig) -> str | None:
     """FSDP shards the weights that ModelEmaV3 copies whole: refused rather than half supported. A
     resumed run keeps its --ema or its absence."""
     from .ema import resume_problem
-    from ..checkpoint.run_dir import find_state_dir, run_dir
+    from ..checkpoint.run_dir import find_state_dir
 
-    if recipe.ema_decay and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    ema = bool(config.recipe.ema_decay)
+    if ema and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return ("--ema: not supported under FSDP (timm's ModelEmaV3 needs the whole model on every "
                 "process); drop --ema, or launch with DDP (accelerate_configs/multi_gpu.yaml)")
-    directory = run_dir(opts.output_dir, recipe, opts.run_name)
-    return resume_problem(find_state_dir(directory), bool(recipe.ema_decay)) \
-        if opts.resume and directory.is_dir() else None
+    directory = config.run_dir
+    return resume_problem(find_state_dir(directory), ema) if config.resume and directory.is_dir() else None
 
 
 def img_size_problem(recipe: Recipe) -> str | None:
     """A dry forward pass at the recipe's size: a clear error instead of a shape crash later."""
-    import torch
+    from ..models.factory import create_model, size_problem
 
-    from ..models.factory import create_model
-
-    model = create_model(recipe.arch, num_classes=10).eval()
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, recipe.img_size, recipe.img_size))
-    except (RuntimeError, AssertionError) as err:  # timm's ViTs assert on the input size
-        reason = (str(err) or type(err).__name__).splitlines()[0][:120]
+    if reason := size_problem(create_model(recipe.arch, num_classes=10).eval(), recipe.img_size):
         return (f"--img-size {recipe.img_size}: {recipe.arch} cannot take this size ({reason}); "
                 "try a multiple of 32")
     return None
 
 
-def batch_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
+def batch_problems(config: RunConfig) -> list[str | None]:
+    recipe = config.recipe
     problems = []
     batch = recipe.batch_size
     mixing = [p.name for p in recipe.phases if p.epochs > 0 and recipe.mixes(p)]
@@ -92,26 +87,33 @@ def batch_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
                         f"the batch must be even; use {batch - 1} or {batch + 1}, or turn mixing off "
                         "with --mixup-alpha 0 --cutmix-alpha 0")
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    train_images = min(opts.train_limit or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
-    if batch * processes > train_images:
-        what = f"--train-limit {opts.train_limit}" if opts.train_limit else "CIFAR-10's training split"
-        problems.append(f"--batch-size {batch}: larger than the {train_images} training images of "
-                        f"{what} split over {processes} process(es); lower it")
+    train_images = min(config.train_limit or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
+    what = f"--train-limit {config.train_limit}" if config.train_limit else "CIFAR-10's training split"
+    problems.append(batch_too_large(batch, processes, train_images, what))
     return problems
 
 
-def source_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
+def batch_too_large(batch: int, processes: int, train_images: int, what: str) -> str | None:
+    """Checked before the data loads (from the split's known size) and after (`what`: the images')."""
+    if batch * processes > train_images:
+        return (f"--batch-size {batch}: larger than the {train_images} training images of {what} "
+                f"split over {processes} process(es); lower it")
+    return None
+
+
+def source_problems(config: RunConfig) -> list[str | None]:
     """The dataset and the pretrained weights: local, cached or on a reachable Hub."""
     from ..data.checks import dataset_problem
     from ..offline import hub_reachable
     from ..models.factory import known_arch
     from ..models.pretrained import pretrained_weights_problem
 
-    needs_hub = opts.dataset is None or (recipe.pretrained and not opts.pretrained_file)
+    recipe = config.recipe
+    needs_hub = config.dataset is None or (recipe.pretrained and not config.pretrained_file)
     hub_up = needs_hub and hub_reachable()
-    problems = [dataset_problem(opts.dataset, hub_up)]
-    if opts.pretrained_file:
-        problems.append(pretrained_file_problem(opts.pretrained_file, recipe.arch))
+    problems = [dataset_problem(config.dataset, hub_up)]
+    if config.pretrained_file:
+        problems.append(pretrained_file_problem(config.pretrained_file, recipe.arch))
     elif recipe.pretrained and known_arch(recipe.arch):
         problems.append(pretrained_weights_problem(recipe.arch, hub_up))
     return problems
@@ -130,29 +132,29 @@ def pretrained_file_problem(path: str, arch: str) -> str | None:
     return None
 
 
-def output_problems(recipe: Recipe, opts: RunOptions) -> list[str | None]:
+def output_problems(config: RunConfig) -> list[str | None]:
     """The run directory: writable, and never a finished or unfinished run replaced silently."""
     from ..files import check_writable_dir
-    from ..checkpoint.run_dir import check_run_name, run_dir, run_dir_problem
+    from ..checkpoint.run_dir import check_run_name, run_dir_problem
     from ..checkpoint.run_lock import busy_problem
 
-    if (opts.resume or opts.resume_auto) and opts.overwrite:
-        flag = "--resume auto" if opts.resume_auto else "--resume"
+    if (config.resume or config.resume_auto) and config.overwrite:
+        flag = "--resume auto" if config.resume_auto else "--resume"
         return [f"{flag} and --overwrite: choose one ({flag} continues the run in the run "
                 "directory, --overwrite replaces it)"]
-    if opts.run_name is not None and (reason := check_run_name(opts.run_name)):
-        return [f"--run-name {opts.run_name!r}: {reason}"]
-    directory = run_dir(opts.output_dir, recipe, opts.run_name)
+    if config.run_name is not None and (reason := check_run_name(config.run_name)):
+        return [f"--run-name {config.run_name!r}: {reason}"]
+    directory = config.run_dir
     try:
-        check_writable_dir(opts.output_dir)
+        check_writable_dir(config.output_dir)
     except UserError as err:
         return [str(err)]
     if directory.exists() and not directory.is_dir():
         return [f"--run-name: the run directory {directory} is a file; pass another --run-name "
                 "or --output-dir"]
     return [busy_problem(directory)
-            or run_dir_problem(directory, opts.resume, opts.overwrite, opts.resume_auto)
-            or (saved_state_problem(recipe, directory) if opts.resume else None)]
+            or run_dir_problem(directory, config.resume, config.overwrite, config.resume_auto)
+            or (saved_state_problem(config.recipe, directory) if config.resume else None)]
 
 
 def saved_state_problem(recipe: Recipe, directory: Path) -> str | None:

@@ -2,9 +2,9 @@
 the losses and the three loaders."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -13,42 +13,45 @@ from torch import nn
 
 from ..data.cifar10 import CIFAR10, make_loader
 from ..errors import UserError
-from .options import RunOptions
+from .config import RunConfig
 from ..runtime.precision import Amp, default_precision
 from ..runtime.precision_probe import PrecisionVerdict, agreed_cpu_precision
 from ..recipes import Recipe
 from ..tracking.trackers import tracker_names
 
 
-def make_accelerator(recipe: Recipe, opts: RunOptions, run_dir: Path) -> tuple[Accelerator, Amp]:
-    """The run's Accelerator and precision, checked to have formed what the launch asked for."""
-    precision, measured = choose_precision(recipe, opts)
+def make_accelerator(config: RunConfig) -> tuple[Accelerator, Amp, RunConfig]:
+    """The run's Accelerator and precision, checked to have formed what the launch asked for; and
+    `config` with the precision and memory layout this hardware resolved written in."""
+    precision, measured = choose_precision(config)
     accelerator = Accelerator(
-        mixed_precision=precision, gradient_accumulation_steps=opts.grad_accum,
+        mixed_precision=precision, gradient_accumulation_steps=config.grad_accum,
         # data_seed: the same shuffle on every process (the global seed differs per process)
         dataloader_config=DataLoaderConfiguration(
-            use_seedable_sampler=True, data_seed=recipe.seed, non_blocking=torch.cuda.is_available()),
-        log_with=tracker_names(opts.report_to) or None, project_dir=str(run_dir))
+            use_seedable_sampler=True, data_seed=config.recipe.seed, non_blocking=torch.cuda.is_available()),
+        log_with=tracker_names(config.report_to) or None, project_dir=str(config.run_dir))
     amp = Amp.for_accelerator(accelerator, precision)
     amp.measured = measured
     check_one_process_group(accelerator)
     check_fsdp_formed(accelerator)
-    return accelerator, amp
+    resolved = dataclasses.replace(config, mixed_precision=precision,
+                                   channels_last=uses_channels_last(config, accelerator.device))
+    return accelerator, amp, resolved
 
 
-def choose_precision(recipe: Recipe, opts: RunOptions) -> tuple[str, PrecisionVerdict | None]:
+def choose_precision(config: RunConfig) -> tuple[str, PrecisionVerdict | None]:
     """--mixed-precision when given; on CUDA the compute capability's; on a CPU the faster one, measured
     before the Accelerator exists (it takes the precision when built) and the same on every process."""
-    if opts.mixed_precision:
-        return opts.mixed_precision, None
+    if config.mixed_precision:
+        return config.mixed_precision, None
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     # as the Accelerator will: ACCELERATE_USE_CPU makes launched processes one group of CPU processes
     device = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device
     if device.type != "cpu":
-        return default_precision(recipe), None
-    verdict = agreed_cpu_precision(recipe, uses_channels_last(recipe, opts, device))
+        return default_precision(config.recipe), None
+    verdict = agreed_cpu_precision(config.recipe, uses_channels_last(config, device))
     return verdict.choice, verdict
 
 
@@ -70,16 +73,10 @@ def check_fsdp_formed(accelerator: Accelerator) -> None:
                         "accelerate_configs/cpu_2proc.yaml instead (see docs/distributed.md)")
 
 
-def check_batch_fits(recipe: Recipe, data: CIFAR10, num_processes: int) -> None:
-    if len(data.train) < recipe.batch_size * num_processes:
-        raise UserError(f"--batch-size {recipe.batch_size}: larger than the {len(data.train)} "
-                        f"training images split over {num_processes} process(es); lower it")
-
-
-def uses_channels_last(recipe: Recipe, opts: RunOptions, device: torch.device) -> bool:
-    if opts.channels_last is not None:
-        return opts.channels_last
-    return device.type == "cuda" or recipe.channels_last_cpu
+def uses_channels_last(config: RunConfig, device: torch.device) -> bool:
+    if config.channels_last is not None:
+        return config.channels_last
+    return device.type == "cuda" or config.recipe.channels_last_cpu
 
 
 def ready_model(model: nn.Module, data: CIFAR10, channels_last: bool) -> nn.Module:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..tracking.console import progress_bar
 from ..errors import UserError
+from ..checkpoint.meta import BEST_NAME
 from ..checkpoint.train_state import TrainState
-from ..checkpoint.run_store import RunStore
 from .checkpoint_timer import CheckpointTimer
+from .config import RunConfig
 from .epoch_totals import EpochTotals
 
 LOG_EVERY = 50            # steps between tracker points (each one syncs the device once)
@@ -53,66 +53,76 @@ class StopFlag:
 
 
 class StepHooks:
-    """One phase's hooks, called by train_one_epoch: `start_epoch`, `after_step` each batch, `end_epoch`.
+    """The run's hooks, called by train_one_epoch: `start_epoch`, `after_step` each batch, `end_epoch`.
+    They count the steps from the position `start_epoch` is given; the trainer, the TrainState's one
+    writer, copies the count into it (`step`, `global_step`, `nonfinite`, `totals`).
 
     `check_every_step`: without fp16's scaler the loop syncs every step anyway (to skip non-finite
     losses together), so the divergence check costs nothing there; with it, every STOP_CHECK_EVERY.
+    `save_state`: the trainer's mid-epoch save, called when --checkpoint-every is due.
     """
 
-    def __init__(self, accelerator, state: TrainState, phase_name: str, *, max_nonfinite: int,
-                 best_checkpoint: Path, check_every_step: bool, stop: StopFlag,
+    def __init__(self, accelerator, config: RunConfig, *, check_every_step: bool, stop: StopFlag,
                  log_step: Callable[[dict, int], None], warn_if_slow: Callable[[float], None],
-                 progress: bool, store: RunStore | None = None,
-                 checkpoint_timer: CheckpointTimer | None = None):
-        self.accelerator, self.state, self.phase_name = accelerator, state, phase_name
-        self.max_nonfinite, self.best_checkpoint = max_nonfinite, best_checkpoint
+                 save_state: Callable[[], None]):
+        self.accelerator, self.config = accelerator, config
         self.check_every_step, self.stop = check_every_step, stop
-        self.log_step, self.warn_if_slow, self.progress = log_step, warn_if_slow, progress
-        self.store, self.checkpoint_timer = store, checkpoint_timer
+        self.log_step, self.warn_if_slow, self.save_state = log_step, warn_if_slow, save_state
+        self.checkpoint_timer = CheckpointTimer(accelerator, config.checkpoint_every) \
+            if config.checkpoint_every else None
+        self.phase_name, self.epoch = "", 0
+        self.step = self.global_step = self.nonfinite = 0
         self.streak = torch.zeros(())   # non-finite losses in a row, kept on the device
         self.steps = 0
         self.started = 0.0
         self.bar = None
         self.totals: EpochTotals | None = None
+        self.carried: dict | None = None
+
+    def count_from(self, phase_name: str, state: TrainState) -> None:
+        """Before an epoch: count on from `state`'s position (read, never written)."""
+        self.phase_name, self.epoch = phase_name, state.epoch
+        self.step, self.global_step, self.nonfinite = state.step, state.global_step, state.nonfinite
+        self.carried = state.epoch_totals if state.step else None  # a resume mid-epoch goes on from them
 
     def start_epoch(self, batches_left: int) -> EpochTotals:
-        """The epoch's totals, which the loop adds each batch to: on a resume mid-epoch, they go on
-        from the saved state's."""
-        done = self.state.step  # batches already done when resuming mid-epoch
-        self.totals = EpochTotals(self.accelerator.device, self.state.epoch_totals if done else None)
+        """The epoch's totals, which the loop adds each batch to."""
+        done = self.step  # batches already done when resuming mid-epoch
+        self.totals = EpochTotals(self.accelerator.device, self.carried)
         self.started = time.perf_counter()
         self.steps = 0
-        self.streak = torch.tensor(float(self.state.nonfinite), device=self.accelerator.device)
-        self.bar = progress_bar(self.progress and self.accelerator.is_local_main_process,
-                                batches_left + done, done, f"{self.phase_name} ep {self.state.epoch + 1}")
+        self.streak = torch.tensor(float(self.nonfinite), device=self.accelerator.device)
+        self.bar = progress_bar(not self.config.no_progress and self.accelerator.is_local_main_process,
+                                batches_left + done, done, f"{self.phase_name} ep {self.epoch + 1}")
         return self.totals
 
     def after_step(self, loss: torch.Tensor, lr: float) -> None:
         """After the loop added the batch to the totals. Raises Diverged, or Stopped on SIGTERM/SIGINT
-        (with the epoch's totals so far in the state the trainer then saves)."""
-        state = self.state
+        (the trainer then saves the state)."""
         self.streak = (self.streak + 1) * torch.isfinite(loss.detach()).logical_not()
         self.steps += 1
-        state.step += 1
-        state.global_step += 1
-        if self.check_every_step or state.global_step % STOP_CHECK_EVERY == 0:
+        self.step += 1
+        self.global_step += 1
+        if self.check_every_step or self.global_step % STOP_CHECK_EVERY == 0:
             self.check_divergence(loss)
         if self.bar is not None:
             self.bar.update(1)
-        if state.global_step % LOG_EVERY == 0:
+        if self.global_step % LOG_EVERY == 0:
             seconds = time.perf_counter() - self.started
             self.log_step({"train/step_loss": loss.item(), "train/lr": lr,
                            "train/images_per_s": self.totals.seen * self.accelerator.num_processes / seconds},
-                          state.global_step)
+                          self.global_step)
         if self.steps == SLOW_CHECK_STEP:
             self.warn_if_slow((time.perf_counter() - self.started) / SLOW_CHECK_STEP)
-        if state.global_step % STOP_CHECK_EVERY == 0 and self.stop.requested():
-            state.epoch_totals = self.totals.summed(self.accelerator)
+        if self.global_step % STOP_CHECK_EVERY == 0 and self.stop.requested():
             raise Stopped
-        if state.global_step % STOP_CHECK_EVERY == 0 and self.checkpoint_timer is not None \
+        if self.global_step % STOP_CHECK_EVERY == 0 and self.checkpoint_timer is not None \
                 and self.checkpoint_timer.due():
-            state.epoch_totals = self.totals.summed(self.accelerator)
-            self.store.save_state(state)  # --checkpoint-every: mid-epoch, at the same step everywhere
+            self.save_state()  # --checkpoint-every: mid-epoch, at the same step everywhere
+
+    def saved(self) -> None:
+        """The state was saved: --checkpoint-every counts from now."""
+        if self.checkpoint_timer is not None:
             self.checkpoint_timer.saved()
 
     def end_epoch(self, loss: torch.Tensor) -> None:
@@ -121,12 +131,11 @@ class StepHooks:
         self.check_divergence(loss)
 
     def check_divergence(self, loss: torch.Tensor) -> None:
-        state = self.state
-        state.nonfinite = int(self.streak.item())
-        if state.nonfinite >= self.max_nonfinite:
-            best = self.best_checkpoint
+        self.nonfinite = int(self.streak.item())
+        if self.nonfinite >= self.config.max_nonfinite:
+            best = self.config.run_dir / BEST_NAME
             kept = f"best checkpoint kept: {best}" if best.exists() else "no checkpoint saved yet"
             raise Diverged(
-                f"loss was non-finite ({loss.item()}) for {state.nonfinite} steps in a row, up to "
-                f"step {state.global_step} in phase '{self.phase_name}'; {kept}; "
+                f"loss was non-finite ({loss.item()}) for {self.nonfinite} steps in a row, up to "
+                f"step {self.global_step} in phase '{self.phase_name}'; {kept}; "
                 "try --mixed-precision bf16 (where supported) or no, or a lower --lr")

@@ -8,7 +8,7 @@ import torch
 from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
-from ..checkpoint.run_dir import RESULTS_NAME, STATE_DIR, run_dir, run_name
+from ..checkpoint.run_dir import RESULTS_NAME, STATE_DIR
 from ..checkpoint.file_checks import check_pretrained_file
 from ..checkpoint.run_store import RunStore, make_checkpoint_meta, on_every_process
 from ..checkpoint.train_state import TrainState
@@ -21,20 +21,19 @@ from ..evaluation.metrics import reliability_bins
 from ..files import write_json
 from ..models.factory import count_parameters, create_model, set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
-from ..recipes import Phase, Recipe
+from ..recipes import Phase
 from ..runtime.time_budget import TrainingLength
 from ..runtime.time_budget_probe import ProbeParts, process_seconds, replan, resumed_plan, run_plan
 from ..tracking.console import SlowRunWarning, epoch_line, format_duration
 from ..tracking.hardware import hardware_name
 from ..tracking.plots import plot_reliability
 from ..tracking.results import make_results, results_text
-from ..tracking.run_log import RunLog, TrackerSettings, run_config, write_history
-from .checkpoint_timer import CheckpointTimer
+from ..tracking.run_log import RunLog, TrackerSettings, run_config
+from .config import RunConfig, write_config
 from .ema import final_weights, make_ema
 from .loop import EpochStats, train_one_epoch
-from .options import RunOptions
-from .setup import check_batch_fits, make_accelerator, make_loaders, make_losses, ready_model, \
-    uses_channels_last
+from .preflight import batch_too_large
+from .setup import make_accelerator, make_loaders, make_losses, ready_model
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
 
 
@@ -45,8 +44,8 @@ class RunFinished(Exception):
 class Trainer:
     """A run set up in `__init__`'s named steps, in an order the seeds depend on; trained by `fit`."""
 
-    def __init__(self, recipe: Recipe, opts: RunOptions):
-        self.recipe, self.opts = recipe, opts
+    def __init__(self, config: RunConfig):
+        self.config, self.recipe = config, config.recipe
         self._setup_accelerator()
         self._setup_data()
         self._setup_model()
@@ -54,31 +53,35 @@ class Trainer:
         self._setup_loaders()
         self._setup_state()
         self._setup_budget()
+        if self.saved_state_to_load is not None:
+            self.check_saved_run()
         self._setup_logging()
         self.optimizer = self.scheduler = self.prepared_train = self.prepared_val = None  # prepare_phase's
 
     def _setup_accelerator(self) -> None:
-        """The run directory, the Accelerator and its precision, the store of checkpoints and state."""
-        self.run_dir = run_dir(self.opts.output_dir, self.recipe, self.opts.run_name)
-        self.accelerator, self.amp = make_accelerator(self.recipe, self.opts, self.run_dir)
-        self.store = RunStore(self.accelerator, self.run_dir, self.opts.overwrite, self.recipe)
-        if self.opts.resume or self.opts.resume_auto:
-            self.store.check_resumable(auto=self.opts.resume_auto)
+        """The Accelerator and its precision (written into the config), the store of checkpoints and state."""
+        self.run_dir = self.config.run_dir
+        self.accelerator, self.amp, self.config = make_accelerator(self.config)
+        self.store = RunStore(self.accelerator, self.run_dir, self.config.overwrite, self.recipe)
+        if self.config.resume or self.config.resume_auto:
+            self.store.check_resumable(auto=self.config.resume_auto)
 
     def _setup_data(self) -> None:
-        self.data = load_cifar10(self.opts.dataset, self.opts.train_limit, self.opts.eval_limit)
-        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * self.opts.grad_accum
-        check_batch_fits(self.recipe, self.data, self.accelerator.num_processes)
+        config = self.config
+        self.data = load_cifar10(config.dataset, config.train_limit, config.eval_limit)
+        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * config.grad_accum
+        if problem := batch_too_large(self.recipe.batch_size, self.accelerator.num_processes,
+                                      len(self.data.train), self.data.source):
+            raise UserError(problem)
 
     def _setup_model(self) -> None:
-        recipe, device = self.recipe, self.accelerator.device
+        recipe, config = self.recipe, self.config
         set_seed(recipe.seed)  # the same initial weights on every process and world size
-        if self.opts.pretrained_file:  # before timm reads it: no pickle, and one of ours must fit the run
-            check_pretrained_file(self.opts.pretrained_file, recipe.arch, len(self.data.class_names))
+        if config.pretrained_file:  # before timm reads it: no pickle, and one of ours must fit the run
+            check_pretrained_file(config.pretrained_file, recipe.arch, len(self.data.class_names))
         model = create_model(recipe.arch, len(self.data.class_names), recipe.pretrained,
-                             self.opts.pretrained_file)
-        self.channels_last = uses_channels_last(recipe, self.opts, device)
-        self.model = self.base_model = ready_model(model, self.data, self.channels_last)
+                             config.pretrained_file)
+        self.model = self.base_model = ready_model(model, self.data, config.channels_last)
         self.num_params = count_parameters(self.base_model)
         self.ema = self.store.ema = make_ema(self.accelerator, self.base_model, recipe.ema_decay)
 
@@ -86,7 +89,7 @@ class Trainer:
         """Normalisation, the training augmentation and the losses, after the per-process seed."""
         recipe = self.recipe
         set_seed(recipe.seed, device_specific=True)  # a different augmentation stream per process
-        self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.channels_last,
+        self.normalize = Normalizer(recipe.img_size, recipe.mean, recipe.std, self.config.channels_last,
                                     recipe.tta_scheme)
         self.augment = TrainAugment(recipe.augment, self.normalize, recipe.label_smoothing,
                                     len(self.data.class_names), self.accelerator.device, recipe.seed)
@@ -97,44 +100,47 @@ class Trainer:
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
 
     def _setup_state(self) -> None:
-        """Where the run is (on --resume: where it was saved), and the flag SIGTERM/SIGINT raise."""
-        self.state = self.store.load_train_state() if self.opts.resume else TrainState()
+        """Where the run starts: on --resume where it was saved, else at the beginning; and the flag
+        SIGTERM/SIGINT raise."""
+        self.state = self.store.load_train_state() if self.config.resume else TrainState()
+        self.saved_state_to_load = self.store.state_dir if self.config.resume else None
         self.stop = StopFlag(self.accelerator)
-        self.checkpoint_timer = CheckpointTimer(self.accelerator, self.opts.checkpoint_every) \
-            if self.opts.checkpoint_every else None
 
     def _setup_budget(self) -> None:
         """--time-budget: the steps that fit, measured now, or on --resume the plan saved with the run;
-        and how long each phase trains."""
-        opts = self.opts
-        if opts.resume:
-            self.plan = resumed_plan(self.state.budget_plan, opts.time_budget, self.run_dir)
-        elif opts.time_budget:
+        and how long each phase trains. A resumed plan is kept as it is: the new process's clock
+        cannot tell the time left."""
+        config = self.config
+        if config.resume:
+            self.plan = resumed_plan(self.state.budget_plan, config.time_budget, self.run_dir)
+        elif config.time_budget:
             parts = ProbeParts(self.base_model, self.data, self.augment, self.normalize, self.hard_loss,
                                self.amp.name, self.val_loader.batch_size)
-            self.plan = run_plan(parts, self.recipe, self.accelerator, budget_seconds=opts.time_budget,
-                                 grad_accum=opts.grad_accum, train_batches=len(self.train_loader),
+            self.plan = run_plan(parts, self.recipe, self.accelerator, budget_seconds=config.time_budget,
+                                 grad_accum=config.grad_accum, train_batches=len(self.train_loader),
                                  images_per_step=self.global_batch, run_dir=self.run_dir)
             self.state.budget_plan = self.plan.to_dict()
         else:
             self.plan = None
-        self.length = TrainingLength(self.recipe, len(self.train_loader), opts.grad_accum, self.plan)
+        self.replans = self.plan is not None and not config.resume
+        self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
 
     def _setup_logging(self) -> None:
-        """The slow-run warning and the run log with the configuration its trackers record."""
-        recipe, opts, accelerator = self.recipe, self.opts, self.accelerator
+        """The slow-run warning, the run log with the configuration its trackers record, and the step
+        hooks that report to them and count the steps."""
+        config, accelerator = self.config, self.accelerator
         total_steps = self.length.total_epochs * len(self.train_loader) // accelerator.num_processes
         self.warn_if_slow = SlowRunWarning(total_steps, self.device_name(), self.print)
-        config = run_config(recipe, accelerator, self.data, global_batch=self.global_batch,
-                            grad_accum=opts.grad_accum, lr_scaling=opts.lr_scaling, compile=opts.compile,
-                            channels_last=self.channels_last, train_limit=opts.train_limit,
-                            eval_limit=opts.eval_limit, resumed=opts.resume,
-                            checkpoint_every=opts.checkpoint_every,
-                            precision_probe=self.amp.measured and self.amp.measured.record(),
-                            time_budget=self.plan and self.plan.to_dict())
-        settings = TrackerSettings(run_name(recipe, opts.run_name), opts.report_to, opts.wandb_project,
-                                   opts.wandb_entity, opts.log_checkpoint, opts.resume)
-        self.log = RunLog(accelerator, self.run_dir, config, recipe, settings)
+        tracked = run_config(config.to_dict(), self.recipe, accelerator, self.data,
+                             global_batch=self.global_batch, resumed=config.resume,
+                             precision_probe=self.amp.measured and self.amp.measured.record(),
+                             time_budget=self.plan and self.plan.to_dict())
+        settings = TrackerSettings(config.name, config.report_to, config.wandb_project,
+                                   config.wandb_entity, config.log_checkpoint, config.resume)
+        self.log = RunLog(accelerator, self.run_dir, tracked, self.recipe, settings)
+        self.hooks = StepHooks(accelerator, config, check_every_step=self.amp.scaler is None, stop=self.stop,
+                               log_step=self.log.step, warn_if_slow=self.warn_if_slow,
+                               save_state=self.save_state_mid_epoch)
 
     def print(self, *args) -> None:
         if self.accelerator.is_main_process:  # accelerator.print prints once per machine
@@ -144,9 +150,20 @@ class Trainer:
         return hardware_name(self.accelerator)
 
     def save_state(self) -> None:
+        """The one path that saves the resume state."""
         self.store.save_state(self.state)
-        if self.checkpoint_timer is not None:
-            self.checkpoint_timer.saved()
+        self.hooks.saved()
+
+    def save_state_mid_epoch(self) -> None:
+        """During an epoch (SIGTERM/SIGINT, --checkpoint-every), at the same step on every process:
+        the hooks' count so far and the epoch's totals into the state, then saved."""
+        self.record_steps(self.hooks.totals.summed(self.accelerator))
+        self.save_state()
+
+    def record_steps(self, epoch_totals: dict | None) -> None:
+        state, hooks = self.state, self.hooks
+        state.step, state.global_step, state.nonfinite = hooks.step, hooks.global_step, hooks.nonfinite
+        state.epoch_totals = epoch_totals
 
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
@@ -155,47 +172,34 @@ class Trainer:
         self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
-        """Every phase's epochs (from where the saved state left off on --resume), then the test set."""
-        resuming = self.opts.resume
-        if resuming:
-            self.check_not_finished()
+        """Every phase's epochs from where the state stands, then the test set."""
         self.print_setup()
-        if resuming:
-            self.check_saved_state()
         self.store.prepare_output_dir()
-        if resuming:
-            self.rewind_to_saved_state()
-        self.log.start()
+        if self.accelerator.is_main_process:
+            write_config(self.config)
+        self.log.start(self.state.history)
         state = self.state
         started = time.perf_counter() - state.train_seconds
         with self.stop:
             try:
-                for index, phase in enumerate(self.recipe.phases):
-                    if self.length.epochs(index) == 0 or index < state.phase:
-                        continue
-                    if index > state.phase:
-                        state.phase, state.epoch, state.step = index, 0, 0
+                for index, phase in self.phases_to_train():
                     self.prepare_phase(index, phase)
-                    if resuming:  # the phase's optimizer and schedule exist now: load their state
-                        self.store.load_state()
-                        resuming = False
-                    hooks = self.step_hooks(phase)
                     while state.epoch < self.length.epochs(index):
-                        stats = self.train_epoch(phase, self.start_epoch(index, phase), hooks)
+                        stats = self.train_epoch(phase, self.start_epoch(index, phase))
                         val, val_ema = self.validate()
                         state.train_seconds = time.perf_counter() - started
                         state.epochs_done += 1
                         improved = self.save_checkpoints(val, val_ema)
-                        if self.plan is not None and not self.opts.resume:
+                        if self.replans:
                             self.follow_pace(index, stats)
                         self.log_epoch(phase, stats, val, val_ema, improved)
                         state.epoch += 1
-                        state.step, state.epoch_totals = 0, None
+                        state.step = 0
                         self.save_state()
             except Stopped:
-                self.save_state()
+                self.save_state_mid_epoch()
                 self.print(f"stopped: state saved in {self.run_dir / STATE_DIR}; continue with the "
-                           f"same command{'' if self.opts.resume_auto else ' and --resume'}")
+                           f"same command{'' if self.config.resume_auto else ' and --resume'}")
                 self.log.finish(state.history)
                 raise
             except Diverged:
@@ -203,71 +207,70 @@ class Trainer:
                 raise
         return self.finish(time.perf_counter() - started)
 
+    def phases_to_train(self):
+        """(index, phase) from the state's phase on, skipping phases of 0 epochs; the state moves to
+        the start of each phase after its own."""
+        state = self.state
+        for index, phase in enumerate(self.recipe.phases):
+            if self.length.epochs(index) == 0 or index < state.phase:
+                continue
+            if index > state.phase:
+                state.phase, state.epoch, state.step = index, 0, 0
+            yield index, phase
+
     def print_setup(self) -> None:
         recipe, accelerator = self.recipe, self.accelerator
         self.print(f"recipe: {json.dumps(recipe.to_dict())}")
         self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
-                   f"{self.opts.grad_accum} accumulation = global batch {self.global_batch}")
+                   f"{self.config.grad_accum} accumulation = global batch {self.global_batch}")
         for planned in (self.amp.measured, self.plan):
             if planned is not None:
                 self.print(planned.line())
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
+        if self.saved_state_to_load is not None:
+            state = self.state
+            self.print(f"resuming from {self.saved_state_to_load}: phase {state.phase + 1}, epoch "
+                       f"{state.epoch + 1}, step {state.step}")
 
-    def check_not_finished(self) -> None:
-        """--resume of a run whose results.json is written and that has no epoch left to train (more
-        --epochs may extend it): nothing is changed; re-evaluating is cifar10-evaluate's job."""
-        state, phases = self.state, range(len(self.recipe.phases))
+    def check_saved_run(self) -> None:
+        """--resume, before anything is written: a finished run is left as it is (re-evaluating it is
+        cifar10-evaluate's job), and the saved files fit the model and the optimizer of the phase that
+        goes on (built here as prepare_phase builds it)."""
+        state = self.state
         left = any(self.length.epochs(i) > (state.epoch if i == state.phase else 0)
-                   for i in phases if i >= state.phase)
+                   for i in range(state.phase, len(self.recipe.phases)))
         done = (self.run_dir / RESULTS_NAME).is_file() and not left
-        if on_every_process(self.accelerator, not done):
-            return
-        if self.opts.resume_auto:
-            raise RunFinished(f"--resume auto: the run in {self.run_dir} is finished "
-                              f"({RESULTS_NAME}); nothing to do")
-        raise UserError(f"--resume: the run in {self.run_dir} is finished ({RESULTS_NAME}) and is "
-                        f"left as it is; evaluate it again with cifar10-evaluate --weights "
-                        f"{self.run_dir}, or train more with a larger --epochs")
-
-    def check_saved_state(self) -> None:
-        """--resume, before anything is written: the saved files fit the model and the optimizer of
-        the phase that goes on (built here as prepare_phase builds it)."""
-        index = next((i for i in range(self.state.phase, len(self.recipe.phases))
-                      if self.length.epochs(i) > 0), self.state.phase)
+        if not on_every_process(self.accelerator, not done):
+            if self.config.resume_auto:
+                self.print(f"--resume auto: the run in {self.run_dir} is finished ({RESULTS_NAME}); "
+                           "nothing to do")
+                raise RunFinished()
+            raise UserError(f"--resume: the run in {self.run_dir} is finished ({RESULTS_NAME}) and is "
+                            f"left as it is; evaluate it again with cifar10-evaluate --weights "
+                            f"{self.run_dir}")
+        index = next((i for i in range(state.phase, len(self.recipe.phases))
+                      if self.length.epochs(i) > 0), state.phase)
         set_backbone_trainable(self.base_model, self.recipe.phases[index].train_backbone)
         self.store.check_state(self.base_model, self.phase_optimizer(index))
-
-    def rewind_to_saved_state(self) -> None:
-        """history.jsonl back to the saved state (epochs logged after it dropped), and where it goes on."""
-        state = self.state
-        if self.accelerator.is_main_process:
-            write_history(self.run_dir, state.history)
-        self.print(f"resuming from {self.store.state_dir}: phase {state.phase + 1}, epoch "
-                   f"{state.epoch + 1}, step {state.step}")
 
     def prepare_phase(self, index: int, phase: Phase) -> None:
         set_backbone_trainable(self.base_model, phase.train_backbone)
         optimizer = self.phase_optimizer(index)
         scheduler = build_scheduler(optimizer, self.recipe, lambda: self.length.scheduler_steps(index),
-                                    steps_per_epoch=len(self.train_loader) / self.opts.grad_accum)
+                                    steps_per_epoch=len(self.train_loader) / self.config.grad_accum)
         self.accelerator.free_memory()  # forget the previous phase's wrappers so save_state holds this one
-        model = torch.compile(self.base_model) if self.opts.compile else self.base_model
+        model = torch.compile(self.base_model) if self.config.compile else self.base_model
         self.model, self.optimizer, self.scheduler, self.prepared_train, self.prepared_val = \
             self.accelerator.prepare(model, optimizer, scheduler, self.train_loader, self.val_loader)
+        if self.saved_state_to_load is not None:  # the saved phase's optimizer and schedule exist now
+            self.store.load_state()
+            self.saved_state_to_load = None
 
     def phase_optimizer(self, index: int) -> torch.optim.Optimizer:
-        lr = scaled_lr(self.recipe.phases[index].lr, self.recipe, self.global_batch, self.opts.lr_scaling)
+        lr = scaled_lr(self.recipe.phases[index].lr, self.recipe, self.global_batch, self.config.lr_scaling)
         return build_optimizer(self.base_model, self.recipe, lr)
-
-    def step_hooks(self, phase: Phase) -> StepHooks:
-        return StepHooks(self.accelerator, self.state, phase.name, max_nonfinite=self.opts.max_nonfinite,
-                         best_checkpoint=self.store.best_checkpoint,
-                         check_every_step=self.amp.scaler is None, stop=self.stop,
-                         log_step=self.log.step, warn_if_slow=self.warn_if_slow,
-                         progress=self.opts.progress, store=self.store,
-                         checkpoint_timer=self.checkpoint_timer)
 
     def start_epoch(self, index: int, phase: Phase):
         """Train mode, this epoch's shuffle and augmentation, and the prepared train loader less the
@@ -281,12 +284,16 @@ class Trainer:
             loader = skip_first_batches(loader, state.step)
         return self.length.limit(loader, index, state.epoch, state.step)
 
-    def train_epoch(self, phase: Phase, loader, hooks: StepHooks) -> EpochStats:
-        """One epoch of `phase` over `loader` (the prepared train loader, less the batches done)."""
+    def train_epoch(self, phase: Phase, loader) -> EpochStats:
+        """One epoch of `phase` over `loader` (the prepared train loader, less the batches done); the
+        hooks' count of its steps then goes into the state."""
         mix = self.recipe.mixes(phase)
-        return train_one_epoch(self.accelerator, self.model, self.optimizer, self.scheduler, loader,
-                               self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
-                               hooks, self.recipe.clip_grad, self.ema)
+        self.hooks.count_from(phase.name, self.state)
+        stats = train_one_epoch(self.accelerator, self.model, self.optimizer, self.scheduler, loader,
+                                self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
+                                self.hooks, self.recipe.clip_grad, self.ema)
+        self.record_steps(None)
+        return stats
 
     def validate(self) -> tuple[EvalResult, EvalResult | None]:
         """The raw weights and (with --ema) their EMA on the validation set."""
@@ -356,8 +363,9 @@ class Trainer:
         if final:
             results["final_weights"] = final
         results["precision_probe"] = self.amp.measured and self.amp.measured.record()
-        results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.opts.resume)
-        results["checkpoint_every"] = self.opts.checkpoint_every
+        results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.config.resume)
+        results["checkpoint_every"] = self.config.checkpoint_every
+        results["config"] = self.config.to_dict()
         self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc, state.best_weights)
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",

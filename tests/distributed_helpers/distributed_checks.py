@@ -8,6 +8,7 @@ with N processes, OUT/{run}/L{level}-{arch}/last.safetensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
-from cifar10_levels.train.options import RunOptions  # noqa: E402
+from cifar10_levels.cli.train import parse_run_config  # noqa: E402
 from cifar10_levels.recipes import Augment, Phase, Recipe  # noqa: E402
 
 EVAL_SAMPLES = 1001
@@ -47,9 +48,10 @@ def train(dataset: str, out: str, batch_size: int, grad_accum: int, lr: float, s
     from cifar10_levels.train.trainer import Trainer
 
     torch.set_num_threads(1)
-    opts = RunOptions(output_dir=Path(out), dataset=dataset, mixed_precision="no",
-                      grad_accum=grad_accum, lr_scaling=scaling, report_to="none", progress=False)
-    Trainer(equivalence_recipe(batch_size, lr), opts).fit()
+    config = parse_run_config(["--output-dir", out, "--dataset", dataset, "--mixed-precision", "no",
+                                  "--grad-accum", str(grad_accum), "--lr-scaling", scaling,
+                                  "--report-to", "none", "--no-progress"]).config
+    Trainer(dataclasses.replace(config, recipe=equivalence_recipe(batch_size, lr))).fit()
 
 
 def evaluate_split(out: str) -> None:

@@ -2,7 +2,8 @@
 
 Launch it exactly like train.py; set RECORD_WEIGHTS_DIR to where the digests go
 (rank{R}-epoch{E}.json: {"parameters": sha256, "buffers": sha256}, with --ema also "ema": the
-digest of the EMA's parameters and buffers).
+digest of the EMA's parameters and buffers). STOP_AFTER_EPOCH=E: every process asks to stop once epoch
+E is saved, as SIGTERM would (the run stops at the next stop check, saving its state, exit 143).
 """
 import hashlib
 import json
@@ -34,6 +35,8 @@ def recording_save_state(self) -> None:
     name = f"rank{self.accelerator.process_index}-epoch{self.state.epochs_done}.json"
     (out / name).write_text(json.dumps(record))
     original_save_state(self)
+    if os.environ.get("STOP_AFTER_EPOCH") == str(self.state.epochs_done):
+        self.accelerator.set_trigger()
 
 
 original_save_state = trainer.Trainer.save_state

@@ -58,7 +58,8 @@ def check_every_file_loads(run_dir: Path) -> None:
     """What a user (or --resume, or ensemble.py) would open: all complete, all parseable."""
     from safetensors.torch import load_file
 
-    from cifar10_levels.checkpoint import find_state_dir, read_meta
+    from cifar10_levels.checkpoint.meta import read_meta
+    from cifar10_levels.checkpoint.run_dir import find_state_dir
 
     for path in run_dir.rglob("*"):
         scratch = any(p.name.startswith(".") or p.name.endswith(".tmp")

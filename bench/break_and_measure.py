@@ -3,7 +3,7 @@ or with one deliberate bug patched in, printing the accuracies.
 
     python -c "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; \\
         from helpers.data import make_structured_dataset; make_structured_dataset(Path('DIR'))"
-    python tests/break_and_measure.py VARIANT LEVEL ARCH SEED DIR [train.py flags]
+    python bench/break_and_measure.py VARIANT LEVEL ARCH SEED DIR [train.py flags]
 
 VARIANT: correct | labels_shuffled | train_norm_mismatch | aug_scramble | mix_lam_swapped | tta_far_shift.
 The patches reach into module internals, so they may need adapting when those modules change.
