@@ -60,7 +60,7 @@ def test_print_config_prints_the_resolved_yaml_without_data(tmp_path):
 
 @pytest.mark.parametrize("text, expected", [
     ("arch: resnet18\nsharpness: 2\n", "unknown key 'sharpness'"),
-    ("img_size: abc\n", "img_size: 'abc' is not a int"),
+    ("img_size: abc\n", "img_size: 'abc' is not an int"),
     ("img_size: 0\n", "img_size: 0 must be > 0"),
     ("crop_fill: zigzag\n", "crop_fill: invalid choice: 'zigzag'"),
     ("weight_decay: -1\n", "weight_decay -1.0: must be >= 0"),

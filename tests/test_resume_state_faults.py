@@ -4,6 +4,7 @@ resumed under another model, is refused with one line naming the file, exit 2, e
 run byte-identical. The corpus is built here from one tiny trained run, each case on a copy."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pickle
@@ -15,13 +16,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cifar10_levels.train import step_hooks
+
 from helpers.commands import ROOT, assert_refused, train
 from helpers.runs import snapshot
 
 RUN = "L1-test_resnet-s42"
 TINY = ["--arch", "test_resnet", "--train-limit", "40", "--eval-limit", "20", "--batch-size", "8",
         "--lr", "1e-2", "1e-2", "--ema", "0.9"]
-ONE_EPOCH, TWO_EPOCHS = ["--epochs", "0", "1"], ["--epochs", "0", "2"]  # the resume trains one more
+TWO_EPOCHS = ["--epochs", "0", "2"]
 
 
 class Planted:
@@ -36,9 +39,14 @@ class Planted:
 
 @pytest.fixture(scope="module")
 def saved(tiny_cifar, tmp_path_factory) -> Path:
-    """A run of one epoch with --ema, its state/ as it saved it; resumed with a second epoch."""
+    """A run of two epochs with --ema stopped at the first step of its second (5 steps an epoch),
+    its state/ as it saved it."""
     out = tmp_path_factory.mktemp("saved")
-    train(tiny_cifar, out, *TINY, *ONE_EPOCH)
+    checks = itertools.count(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step_hooks, "STOP_CHECK_EVERY", 1)
+        patch.setattr(step_hooks.StopFlag, "requested", lambda self: next(checks) == 6)
+        assert train(tiny_cifar, out, *TINY, *TWO_EPOCHS, check=False).returncode == 143
     return out / RUN
 
 
@@ -138,16 +146,29 @@ def test_a_pickle_planted_in_the_state_never_runs(run, tiny_cifar, tmp_path, nam
 
 
 @pytest.mark.parametrize("change, named", [
+    (["--arch", "test_vit", "--run-name", RUN], "arch test_resnet"),
+    (["--img-size", "48"], "img_size 32"),
+])
+def test_resume_under_another_model_is_refused(run, tiny_cifar, change, named):
+    before = snapshot(run)
+    assert_refused(resume(tiny_cifar, run, *change), change[0], named, "config.yaml", "--run-name")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("change, named", [
     (["--arch", "test_vit", "--run-name", RUN], "--arch test_resnet"),
     (["--img-size", "48"], "--img-size 32"),
 ])
-def test_resume_under_another_model_is_refused(run, tiny_cifar, change, named):
+def test_resume_under_another_model_without_the_config_is_refused_by_the_saved_recipe(
+        run, tiny_cifar, change, named):
+    (run / "config.yaml").unlink()
     before = snapshot(run)
     assert_refused(resume(tiny_cifar, run, *change), named, "recipe.json", "--run-name")
     assert snapshot(run) == before
 
 
-def test_resume_under_another_model_without_the_saved_recipe_is_refused_by_the_shapes(run, tiny_cifar):
+def test_resume_under_another_model_without_config_or_recipe_is_refused_by_the_shapes(run, tiny_cifar):
+    (run / "config.yaml").unlink()
     (run / "state" / "recipe.json").unlink()
     before = snapshot(run)
     result = resume(tiny_cifar, run, "--arch", "test_vit", "--run-name", RUN)

@@ -115,10 +115,14 @@ def test_the_lock_refuses_a_second_holder_even_past_the_checks(tmp_path):
 
 @pytest.mark.parametrize("change", [["--eval-limit", "10"], ["--tta", "2"], []])
 def test_resume_of_a_finished_run_changes_nothing(finished, tiny_cifar, tmp_path, change):
+    """The same command says the run is finished; one that would evaluate otherwise is refused too."""
     run = copy_run(finished, tmp_path)
     before = snapshot(run)
     result = train(tiny_cifar, tmp_path, *TOY, *change, "--resume", check=False)
-    assert_refused(result, "finished", str(run), "cifar10-evaluate --weights")
+    if change:
+        assert_refused(result, change[0], str(run), "config.yaml")
+    else:
+        assert_refused(result, "finished", str(run), "cifar10-evaluate --weights")
     assert snapshot(run) == before
 
 

@@ -2,6 +2,7 @@
 schedule), the weight-decay groups of --no-decay-norm-bias, and where these four options are recorded."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from safetensors import safe_open
 
 from cifar10_levels.runtime import precision
-from cifar10_levels.train import trainer
+from cifar10_levels.train import step_hooks, trainer
 from cifar10_levels.cli.train import recipe_from_args, train_main, train_parser
 from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.optim.factory import build_optimizer, build_scheduler
@@ -192,7 +193,7 @@ def test_flags_reach_the_recipe_and_bad_values_name_the_flag(capsys):
     for argv, flag in ((["--ema", "1"], "--ema 1.0"), (["--ema", "0"], "--ema 0.0"),
                        (["--ema", "-0.5"], "--ema -0.5"), (["--clip-grad", "-1"], "--clip-grad -1.0"),
                        (["--warmup-epochs", "-0.5"], "--warmup-epochs -0.5"),
-                       (["--ema", "nan"], "--ema nan")):
+                       (["--ema", "nan"], "argument --ema")):
         assert train_main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {flag}:") and err.count("\n") == 1, err
@@ -200,11 +201,16 @@ def test_flags_reach_the_recipe_and_bad_values_name_the_flag(capsys):
 
 @pytest.mark.slow
 def test_resume_between_the_phases_restores_the_ema_bit_for_bit(accumulated, tiny_cifar, tmp_path):
-    """Phase 1 alone, then --resume with phase 2 added: the same EMA and weights as the run of both."""
+    """Stopped at the last batch of phase 1, then --resume: the same EMA and weights as the run that
+    was never stopped."""
     from safetensors.torch import load_file
 
-    train(tiny_cifar, tmp_path, *ARGS, "--epochs", "1", "0")
-    run_dir, expected_dir = next(tmp_path.glob("*/results.json")).parent, accumulated["run_dir"]
+    checks = itertools.count(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(step_hooks, "STOP_CHECK_EVERY", 1)
+        patch.setattr(step_hooks.StopFlag, "requested", lambda self: next(checks) == BATCHES)
+        assert train(tiny_cifar, tmp_path, *ARGS, check=False).returncode == 143
+    (run_dir,), expected_dir = tmp_path.glob("L1-*"), accumulated["run_dir"]
     assert ema_state(run_dir)["updates"] == STEPS_PER_EPOCH
     train(tiny_cifar, tmp_path, *ARGS, "--resume")
     resumed, expected = (ema_state(d) for d in (run_dir, expected_dir))
