@@ -13,7 +13,9 @@ from cifar10_levels.cli.train import train_main
 from helpers.commands import ROOT, TINY_TRAIN, run_cli, train
 from helpers.runs import snapshot
 
-TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2"]
+# two steps an epoch on small evaluation sets: the tests look at the files a run leaves, not its accuracy
+FEW = ["--train-limit", "64", "--eval-limit", "20"]
+TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2", *FEW]
 
 
 def sha256(path: Path) -> str:
@@ -64,7 +66,7 @@ def test_the_same_command_again_refuses_and_leaves_the_run_byte_identical(tiny_c
     assert both.returncode == 2 and "--resume and --overwrite" in both.stderr
     assert snapshot(run) == before
 
-    train(tiny_cifar, out, *TOY[:2], "--epochs", "0", "1", "--lr", "1e-2", "1e-2", "--overwrite")
+    train(tiny_cifar, out, *TOY[:2], "--epochs", "0", "1", "--lr", "1e-2", "1e-2", *FEW, "--overwrite")
     assert len((run / "history.jsonl").read_text().splitlines()) == 1  # the new run only
     assert sha256(run / "best.safetensors") != best
 
