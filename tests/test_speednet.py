@@ -14,7 +14,7 @@ from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.models.speednet import VARIANTS, SpeedNet, whitening_filters
 from cifar10_levels.optim.muon import MUON_ARCHS, muon_with_sgd
-from helpers.commands import reset_accelerate, train
+from helpers.commands import console_script_in_process, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
 
@@ -132,9 +132,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, arch):
 
 
 @pytest.mark.slow
-def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path, capsys):
-    from cifar10_levels.cli.ensemble import main as ensemble_main
-
+def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     out = tmp_path / "out"
     result = train(tiny_cifar, out, "--level", "fast", "--batch-size", "50", "--epochs", "2",
                    "--train-limit", "200", "--eval-limit", "50", probe_precision=True)
@@ -152,17 +150,11 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path, capsys):
     expected = SpeedNet()
     expected.init_from_data(load_cifar10(str(tiny_cifar), 200, 50).train.images)
     torch.testing.assert_close(model.whiten_weight, expected.whiten_weight, rtol=1e-5, atol=1e-6)
-    capsys.readouterr()
-    try:
-        code = ensemble_main([str(a) for a in ("--weights", run_dir / "best.safetensors",
-                                               run_dir / "last.safetensors", "--dataset", tiny_cifar,
-                                               "--eval-limit", "50", "--output-dir", tmp_path / "vote",
-                                               "--report-to", "none")])
-    finally:
-        reset_accelerate()
-    voted = capsys.readouterr()
-    assert code == 0, voted.err
-    assert "cifar_speednet" in voted.out and (tmp_path / "vote" / "ensemble_results.json").exists()
+    voted = console_script_in_process("cifar10-ensemble", "--weights", run_dir / "best.safetensors",
+                                      run_dir / "last.safetensors", "--dataset", tiny_cifar, "--eval-limit",
+                                      "50", "--output-dir", tmp_path / "vote", "--report-to", "none")
+    assert voted.returncode == 0, voted.stderr
+    assert "cifar_speednet" in voted.stdout and (tmp_path / "vote" / "ensemble_results.json").exists()
 
 
 @pytest.mark.slow
