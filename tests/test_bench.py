@@ -13,7 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.commands import ROOT
+from helpers.commands import FP32, ROOT
+
+# what a benchmark's train.py runs need to print their rows: two steps, small evaluation sets
+FEW = ["--train-limit", "64", "--eval-limit", "20", *FP32]
 
 
 def bench(script: str, *args: str, timeout: float = 600) -> str:
@@ -78,7 +81,7 @@ def test_loop_overhead_times_the_real_loop_against_a_bare_one(tiny_cifar, tmp_pa
 def test_time_to_accuracy_runs_train_py_and_reports_mean(tiny_cifar, tmp_path):
     out = bench("time_to_accuracy.py", "--dataset", tiny_cifar, "--seeds", "3", "--arch", "test_resnet",
                 "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1",
-                "--lr", "1e-2", "1e-2", "--ema", "0.9", "--keep-runs", tmp_path)
+                "--lr", "1e-2", "1e-2", "--ema", "0.9", "--keep-runs", tmp_path, *FEW)
     row = table_row(out, "3")
     assert 0 <= leading_number(row[1]) <= 100 and row[1].endswith("%")
     assert "mean ± sd (1 seeds)" in out
@@ -175,7 +178,7 @@ def test_side_by_side_runs_ours_and_another_command_and_prints_ratios(tiny_cifar
     out = bench("side_by_side.py", "--dataset", tiny_cifar, "--seeds", "3", "4", "--other", other,
                 "--other-accuracy", r"test acc: ([0-9.]+)%", "--ours-metric", "plain",
                 "--log-dir", tmp_path, "--", "--arch", "test_resnet", "--img-size", "32",
-                "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1", "--lr", "1e-2", "1e-2")
+                "--batch-size", "32", "--no-pretrained", "--epochs", "0", "1", "--lr", "1e-2", "1e-2", *FEW)
     assert "hardware:" in out and "ours: train.py --arch test_resnet" in out
     assert (tmp_path / "other-seed4.log").read_text().startswith("seed 4 ")
     for seed, order in (("3", "ours first"), ("4", "other first")):

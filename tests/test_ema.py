@@ -92,7 +92,9 @@ def test_best_checkpoint_holds_the_better_weights_and_says_which(tiny_cifar, tmp
     monkeypatch.setattr(trainer, "evaluate", forced_raw)
     monkeypatch.setattr(ema_module.WeightEma, "evaluate", forced_ema)
     monkeypatch.setattr(trainer.Trainer, "save_checkpoint", recording_save)
-    out = train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--tta", "2").stdout
+    # the accuracies are the test's, so two steps an epoch and small evaluation sets show the choice
+    out = train(tiny_cifar, tmp_path, *SMALL, *EPOCHS, *EMA, "--tta", "2", "--train-limit", "16",
+                "--eval-limit", "20").stdout
     results = read_results(tmp_path)
 
     def equal(a: dict, b: dict) -> bool:

@@ -8,17 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.commands import ROOT, console_scripts
+from helpers.commands import ROOT, console_script_in_process
 from helpers.runs import trained_run
 
 pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
 
 def cli(command, *args):
-    """`cifar10-COMMAND ARGS` as `python -m` of the console script's module: this checkout's code."""
-    module = console_scripts()[f"cifar10-{command}"].partition(":")[0]
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    """`cifar10-COMMAND ARGS` through the console script's entry point, in this process (its
+    `--help` in a new interpreter: tests/test_help.py)."""
+    return console_script_in_process(f"cifar10-{command}", *args)
 
 
 @pytest.fixture(scope="module")

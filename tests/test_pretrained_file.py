@@ -8,11 +8,15 @@ from helpers.runs import trained_run
 
 pytestmark = pytest.mark.slow  # whole training runs, in this process or started as commands
 
+# two steps of 32 images: what phase 1 freezes and what the start loads show after any training
+TRAIN_LIMIT = 64
+FEW_STEPS = ["--train-limit", str(TRAIN_LIMIT), "--eval-limit", "20"]
+
 
 def test_resnet_checkpoint_as_pretrained_file(tiny_cifar, tmp_path_factory, tmp_path):
     source = trained_run("resnet", tiny_cifar, tmp_path_factory) / "best.safetensors"
     train(tiny_cifar, tmp_path, "--arch", "test_resnet", "--img-size", "48", "--pretrained-file",
-          source, "--epochs", "1", "0", "--lr", "1e-2", "1e-2")
+          source, "--epochs", "1", "0", "--lr", "1e-2", "1e-2", *FEW_STEPS)
     before = load_file(str(source))
     after = load_file(str(tmp_path / "L1-test_resnet-s42" / "last.safetensors"))
     backbone = [k for k in before if not k.startswith("fc.")]
@@ -25,12 +29,11 @@ def test_speednet_checkpoint_as_pretrained_file_keeps_its_whitening(tiny_cifar, 
     from cifar10_levels.models.speednet import SpeedNet
 
     source = trained_run("speednet", tiny_cifar, tmp_path_factory) / "best.safetensors"
-    train(tiny_cifar, tmp_path, "--level", "fast", "--epochs", "1", "--train-limit", "200",
-          "--pretrained-file", source)
+    train(tiny_cifar, tmp_path, "--level", "fast", "--epochs", "1", *FEW_STEPS, "--pretrained-file", source)
     loaded = load_file(str(tmp_path / "Lfast-cifar_speednet-s42" / "last.safetensors"))["whiten_weight"]
     assert torch.equal(loaded, load_file(str(source))["whiten_weight"])
-    fresh = SpeedNet()  # what a run from scratch on these 200 images would have used instead
-    fresh.init_from_data(load_cifar10(str(tiny_cifar), train_limit=200).train.images)
+    fresh = SpeedNet()  # what a run from scratch on these images would have used instead
+    fresh.init_from_data(load_cifar10(str(tiny_cifar), train_limit=TRAIN_LIMIT).train.images)
     assert not torch.allclose(fresh.whiten_weight, loaded)
 
 

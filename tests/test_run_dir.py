@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 from cifar10_levels.cli.train import train_main
 
-from helpers.commands import ROOT, TINY_TRAIN, run_cli, train
+from helpers.commands import TINY_TRAIN, console_script_in_process, train
 from helpers.runs import snapshot
 
-TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2"]
+# two steps an epoch on small evaluation sets: the tests look at the files a run leaves, not its accuracy
+FEW = ["--train-limit", "64", "--eval-limit", "20"]
+TOY = ["--arch", "test_resnet", "--epochs", "0", "2", "--lr", "1e-2", "1e-2", *FEW]
 
 
 def sha256(path: Path) -> str:
@@ -34,12 +34,11 @@ def test_a_second_seed_keeps_the_first_run_and_ensemble_and_report_find_both(tin
     assert sha256(first / "best.safetensors") == best
     assert (first / "history.jsonl").read_text() == history and snapshot(first) == before
 
-    ensemble = run_cli("ensemble.py", "--weights", out, "--dataset", tiny_cifar, "--report-to", "none",
-                       "--output-dir", tmp_path / "ensemble")
+    ensemble = console_script_in_process("cifar10-ensemble", "--weights", out, "--dataset", tiny_cifar,
+                                         "--report-to", "none", "--output-dir", tmp_path / "ensemble")
     assert ensemble.returncode == 0, ensemble.stderr
     assert "L1-test_resnet-s1" in ensemble.stdout and "L1-test_resnet-s2" in ensemble.stdout
-    report = subprocess.run([sys.executable, "-m", "cifar10_levels.cli.report", out], cwd=ROOT,
-                            capture_output=True, text=True)
+    report = console_script_in_process("cifar10-report", out)
     assert report.returncode == 0, report.stderr
     assert "L1-test_resnet-s1" in report.stdout and "L1-test_resnet-s2" in report.stdout
 
@@ -64,7 +63,7 @@ def test_the_same_command_again_refuses_and_leaves_the_run_byte_identical(tiny_c
     assert both.returncode == 2 and "--resume and --overwrite" in both.stderr
     assert snapshot(run) == before
 
-    train(tiny_cifar, out, *TOY[:2], "--epochs", "0", "1", "--lr", "1e-2", "1e-2", "--overwrite")
+    train(tiny_cifar, out, *TOY[:2], "--epochs", "0", "1", "--lr", "1e-2", "1e-2", *FEW, "--overwrite")
     assert len((run / "history.jsonl").read_text().splitlines()) == 1  # the new run only
     assert sha256(run / "best.safetensors") != best
 

@@ -14,7 +14,7 @@ from cifar10_levels.models.factory import create_model, set_backbone_trainable
 from cifar10_levels.recipes import CIFAR10_MEAN, CIFAR10_STD, get_recipe
 from cifar10_levels.models.speednet import VARIANTS, SpeedNet, whitening_filters
 from cifar10_levels.optim.muon import MUON_ARCHS, muon_with_sgd
-from helpers.commands import run_cli, train
+from helpers.commands import console_script_in_process, train
 
 EXPECTED_PARAMS = 1_971_352   # widths 64/256/256, 10 classes, no head bias
 
@@ -150,9 +150,9 @@ def test_fast_recipe_trains_end_to_end_and_votes(tiny_cifar, tmp_path):
     expected = SpeedNet()
     expected.init_from_data(load_cifar10(str(tiny_cifar), 200, 50).train.images)
     torch.testing.assert_close(model.whiten_weight, expected.whiten_weight, rtol=1e-5, atol=1e-6)
-    voted = run_cli("ensemble.py", "--weights", run_dir / "best.safetensors", run_dir / "last.safetensors",
-                    "--dataset", tiny_cifar, "--eval-limit", "50", "--output-dir", tmp_path / "vote",
-                    "--report-to", "none")
+    voted = console_script_in_process("cifar10-ensemble", "--weights", run_dir / "best.safetensors",
+                                      run_dir / "last.safetensors", "--dataset", tiny_cifar, "--eval-limit",
+                                      "50", "--output-dir", tmp_path / "vote", "--report-to", "none")
     assert voted.returncode == 0, voted.stderr
     assert "cifar_speednet" in voted.stdout and (tmp_path / "vote" / "ensemble_results.json").exists()
 

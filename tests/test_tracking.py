@@ -17,8 +17,9 @@ from helpers.wandb_runs import offline_run
 from cifar10_levels.tracking.trackers import flat_config
 from cifar10_levels.tracking.wandb_account import WandbMode, choose_wandb_mode
 
-# A run with mistakes left (so the misclassified grid is filled) and >= 50 steps (one step log).
-RUN_FLAGS = ["--arch", "test_resnet", "--epochs", "1", "1", "--lr", "1e-2", "1e-3",
+# A run with mistakes left (so the misclassified grid is filled) and 50 steps (one step log): 200
+# images in batches of 8, two epochs.
+RUN_FLAGS = ["--arch", "test_resnet", "--epochs", "1", "1", "--lr", "1e-2", "1e-3", "--train-limit", "200",
              "--batch-size", "8", "--tta", "2", "--log-checkpoint", "--checkpoint-every", "1h"]
 
 
@@ -59,8 +60,8 @@ def test_wandb_run_names_config_and_summary_match_results(logged_run):
     assert (run.name, run.project, run.group) == ("L1-test_resnet-s42", "cifar10-levels", "level-1")
     assert "level-1" in run.tags and "test_resnet" in run.tags
     assert run.config["recipe"]["arch"] == "test_resnet" and run.config["recipe"]["tta"] == 2
-    assert run.config["data"] == {"source": results["dataset"], "train": 360, "val": 40, "test": 100,
-                                  "train_limit": None, "eval_limit": None}
+    assert run.config["data"] == {"source": results["dataset"], "train": 200, "val": 40, "test": 100,
+                                  "train_limit": 200, "eval_limit": None}
     assert run.config["hardware"]["num_processes"] == 1
     assert run.config["checkpoint_every"] == results["checkpoint_every"] == 3600
     assert {"torch", "timm", "accelerate", "wandb"} <= set(run.config["versions"])

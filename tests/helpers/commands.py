@@ -3,6 +3,7 @@ launchers, and any command's `--help` with the heavy libraries it imported."""
 from __future__ import annotations
 
 import configparser
+import importlib
 import io
 import json
 import os
@@ -42,21 +43,32 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def train_in_process(argv: list[str]) -> subprocess.CompletedProcess:
-    """train.py's own entry point (`train_main`) in this process, its output and exit code captured:
-    the same code as the command without paying a new interpreter's imports (~4 s) on every run."""
-    from cifar10_levels.cli.train import train_main
-
+def in_process(main: Callable[[list[str]], int], name: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """A command's entry point (`main(argv)`) in this process, its output and exit code captured: the
+    same code as the command without paying a new interpreter's imports (~4 s) on every call."""
     stdout, stderr = io.StringIO(), io.StringIO()
     reset_accelerate()
     with redirect_stdout(stdout), redirect_stderr(stderr):
         try:
-            code = train_main(argv)
+            code = main(argv)
         except SystemExit as exit_:  # argparse's usage errors
             code = exit_.code if isinstance(exit_.code, int) else 1
         finally:
             reset_accelerate()
-    return subprocess.CompletedProcess(["train.py", *argv], code, stdout.getvalue(), stderr.getvalue())
+    return subprocess.CompletedProcess([name, *argv], code, stdout.getvalue(), stderr.getvalue())
+
+
+def train_in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    """train.py's own entry point (`train_main`) in this process."""
+    from cifar10_levels.cli.train import train_main
+
+    return in_process(train_main, "train.py", argv)
+
+
+def console_script_in_process(name: str, *args: object) -> subprocess.CompletedProcess:
+    """`NAME ARGS` (a console script of setup.cfg) through its entry point in this process."""
+    module, _, function = console_scripts()[name].partition(":")
+    return in_process(getattr(importlib.import_module(module), function), name, [str(a) for a in args])
 
 
 def train(dataset: Path, out: Path, *args: str, env: dict | None = None, check: bool = True,
