@@ -100,7 +100,7 @@ def timed_epoch_of_bare_loop(trainer: Trainer, phase: Phase, batches: int):
     recipe = trainer.recipe
     model = copy.deepcopy(trainer.base_model)
     optimizer = build_optimizer(model, recipe, phase.lr)
-    if trainer.opts.compile:
+    if trainer.config.compile:
         model = torch.compile(model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     images, labels = trainer.data.train.images, trainer.data.train.labels
