@@ -65,6 +65,12 @@ class Recipe:
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int = 42
     target: str = ""               # the write-up's accuracy target, for reports
+    # distillation from --teachers (train.distill): the loss is (1 - kd_weight) x the recipe's own
+    # + kd_weight x T^2 KL(teachers' vote at T || student at T), T = kd_temperature (Hinton et al.)
+    kd_weight: float = 0.8
+    kd_temperature: float = 1.0
+    kd_vote: str = "mean"          # the teachers' vote: mean probabilities, or "val_acc"-weighted
+    needs_teachers: bool = False   # level 5: a student, trained only with --teachers
 
     def with_overrides(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -110,6 +116,9 @@ LEVELS: dict[str, Recipe] = {
                    channels_last_cpu=True,
                    mean=CIFAR10_MEAN, std=CIFAR10_STD, target=">= 89.5% in 10 min on 2 CPU cores"),
 }
+# the level-4 student (its net, augmentation and schedule) taught by the ensemble of levels 1-4
+LEVELS["5"] = dataclasses.replace(LEVELS["4"], level="5", title="ensemble distilled into one model",
+                                  needs_teachers=True, target="the level-4 vote's accuracy in one model")
 
 
 def get_recipe(level: str) -> Recipe:

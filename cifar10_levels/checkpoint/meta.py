@@ -37,6 +37,7 @@ class CheckpointMeta:
     version: str = __version__
     recipe: dict = field(default_factory=dict)
     weights: str = "raw"          # raw: the trained weights; ema: their moving average (recipe's ema_decay)
+    distilled_from: list[str] = field(default_factory=list)   # "arch sha256-prefix" of each teacher
 
     @property
     def tta_scheme(self) -> str:
@@ -129,6 +130,8 @@ META_FIELDS = {
     "version": (lambda v: is_name(v, 40), "a version"),
     "recipe": (lambda v: isinstance(v, dict), "an object"),
     "weights": (lambda v: v in WEIGHTS, f"one of {', '.join(WEIGHTS)}"),
+    "distilled_from": (lambda v: isinstance(v, list) and len(v) <= 100 and all(is_name(t) for t in v),
+                       "a list of teacher names"),
     "recipe.tta": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
     "recipe.tta_scheme": (lambda v: is_name(v, 40), "a scheme name"),
     "recipe.title": (lambda v: isinstance(v, str) and len(v) <= 200 and v.isprintable(), "a title"),

@@ -78,6 +78,10 @@ def field_problem(name: str, value) -> str | None:
         return None if number else "must be a finite number"
     if name == "best_weights":
         return None if value in ("raw", "ema") else "must be 'raw' or 'ema'"
+    if name == "teachers_sha256":
+        return None if value is None or isinstance(value, list) and all(
+            isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in value) \
+            else "must be a list of sha256 hex digests or null"
     if name == "history":
         return None if isinstance(value, list) and all(isinstance(h, dict) for h in value) \
             else "must be a list of objects"

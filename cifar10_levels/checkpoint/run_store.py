@@ -31,13 +31,16 @@ def on_every_process(accelerator: Accelerator, condition: bool) -> bool:
 
 
 def make_checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val_acc: float,
-                         test_acc: float | None = None, weights: str = "raw") -> CheckpointMeta:
-    """What a checkpoint of this run at `epoch` records: enough to rebuild the model from the file."""
+                         test_acc: float | None = None, weights: str = "raw",
+                         teachers: list[dict] | None = None) -> CheckpointMeta:
+    """What a checkpoint of this run at `epoch` records: enough to rebuild the model from the file,
+    and the teachers it was distilled from (train.distill's records)."""
     r = recipe
+    distilled_from = [f"{t['arch']} {t['sha256'][:16]}" for t in teachers or []]
     return CheckpointMeta(arch=r.arch, level=r.level, img_size=r.img_size, num_classes=len(class_names),
                           class_names=class_names, mean=list(r.mean), std=list(r.std), seed=r.seed,
                           epoch=epoch, val_acc=val_acc, test_acc=test_acc, recipe=r.to_dict(),
-                          weights=weights)
+                          weights=weights, distilled_from=distilled_from)
 
 
 class RunStore:

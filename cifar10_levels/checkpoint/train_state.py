@@ -22,3 +22,4 @@ class TrainState:
     budget_plan: dict | None = None   # --time-budget's plan (time_budget.BudgetPlan), kept for --resume
     # a mid-epoch save's training totals of that epoch so far (train.epoch_totals.EpochTotals.summed)
     epoch_totals: dict | None = None
+    teachers_sha256: list[str] | None = None   # --teachers' files: a resume must find the same ones

@@ -39,7 +39,8 @@ def levels_table() -> str:
         training = [f"warmup {r.warmup_epochs:g} ep" if r.warmup_epochs else "",
                     f"ema {r.ema_decay:g}" if r.ema_decay else "",
                     "" if r.decay_norm_bias else "no-decay-norm-bias",
-                    f"clip {r.clip_grad:g}" if r.clip_grad else ""]
+                    f"clip {r.clip_grad:g}" if r.clip_grad else "",
+                    "distils --teachers" if r.needs_teachers else ""]
         rows.append((name, r.arch, str(r.img_size), phases, str(r.batch_size), r.optimizer,
                      f"{r.weight_decay:g}", f"{r.label_smoothing:g}", str(r.tta),
                      "yes" if r.pretrained else "no", ",".join(x for x in training if x) or "-",
@@ -98,6 +99,17 @@ def train_parser() -> argparse.ArgumentParser:
     r.add_argument("--whiten-bias-fraction", type=finite_float, metavar="F", help="cifar_speednet: train "
                    "the whitening layer's bias over the first F (0 to 1] of each phase's steps, then "
                    "freeze it (airbench: 0.375)")
+    k = p.add_argument_group("distillation", "train a student on the soft vote of teacher checkpoints "
+                             "(docs/recipes.md, level 5)")
+    k.add_argument("--teachers", nargs="+", metavar="PATH", help="teacher checkpoints, run directories or "
+                   "directories of runs (as ensemble.py --weights); each sees the student's augmented "
+                   "batch at its own size")
+    k.add_argument("--kd-weight", type=finite_float, metavar="A", help="the distillation term's share "
+                   "of the loss, 0 to 1; the recipe's own loss has 1 - A")
+    k.add_argument("--kd-temperature", type=positive(float), metavar="T", help="softmax temperature of "
+                   "the teachers' vote and the student in the distillation term")
+    k.add_argument("--kd-vote", choices=("mean", "val_acc"), help="the teachers' vote: mean "
+                   "probabilities, or weighted by each teacher's validation accuracy")
     r.add_argument("--no-pretrained", action="store_true",
                    help="random initial weights instead of the level's pretrained ones")
     r.add_argument("--pretrained-file", metavar="FILE",
@@ -193,6 +205,11 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         raise UserError(f"--ema {args.ema}: the decay must be in (0, 1), e.g. 0.999")
     if args.whiten_bias_fraction is not None and not 0 < args.whiten_bias_fraction <= 1:
         raise UserError(f"--whiten-bias-fraction {args.whiten_bias_fraction}: must be in (0, 1]")
+    if args.kd_weight is not None and not 0 <= args.kd_weight <= 1:
+        raise UserError(f"--kd-weight {args.kd_weight}: must be in [0, 1]")
+    if recipe.needs_teachers and not args.teachers:
+        raise UserError(f"--level {recipe.level} trains a student: give --teachers PATH... (the "
+                        "level 1-4 checkpoints or run directories, as ensemble.py --weights takes them)")
     for flag, value in (("--clip-grad", args.clip_grad), ("--warmup-epochs", args.warmup_epochs)):
         if value is not None and not value >= 0:  # `not >=` also refuses nan
             raise UserError(f"{flag} {value}: must be >= 0 (0 turns it off)")
@@ -203,7 +220,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         tta_scheme=args.tta_scheme,
         seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None,
         warmup_epochs=args.warmup_epochs, ema_decay=args.ema, decay_norm_bias=args.decay_norm_bias,
-        clip_grad=args.clip_grad, whiten_bias_fraction=args.whiten_bias_fraction)
+        clip_grad=args.clip_grad, whiten_bias_fraction=args.whiten_bias_fraction,
+        kd_weight=args.kd_weight, kd_temperature=args.kd_temperature, kd_vote=args.kd_vote)
 
 
 AUGMENT_LIMITS = {"color_jitter": 1.0, "randaugment_magnitude": 30, "random_erasing": 1.0,

@@ -123,6 +123,13 @@ class TrainAugment:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, mix: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (inputs, targets); targets are soft (N, C) when Mixup/CutMix ran, else labels."""
+        batch, targets = self.pixels(images, labels, mix)
+        return self.normalize.resize(batch), targets
+
+    def pixels(self, images: torch.Tensor, labels: torch.Tensor, mix: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the augmented batch, normalized, still at 32 px; targets): what a teacher takes at its
+        own size (train.distill)."""
         p = self.policy
         x = images
         if p.crop_padding or p.flip:
@@ -139,4 +146,4 @@ class TrainAugment:
         targets = labels
         if mix and self.mixup is not None:
             x, targets = self.mixup(x, labels)
-        return self.normalize.resize(x), targets
+        return x, targets

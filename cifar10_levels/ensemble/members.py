@@ -36,18 +36,18 @@ def _is_checkpoint_candidate(path: Path, root: Path) -> bool:
     return not path.name.startswith(".") and not any(p in STATE_DIR_NAMES for p in parts[:-1])
 
 
-def find_checkpoints(paths: list[str]) -> list[Path]:
+def find_checkpoints(paths: list[str], flag: str = "--weights") -> list[Path]:
     """Files as given; a directory gives the best checkpoint of each run under it (or, with no
     best.safetensors anywhere, every .safetensors that is not a cache or training state)."""
     found: list[Path] = []
     for text in paths:
         path = Path(text)
         if path.is_file():
-            refuse_pickle(path, "--weights")
+            refuse_pickle(path, flag)
             found.append(path)
             continue
         if not path.is_dir():
-            raise UserError(f"--weights {path}: no such file or directory")
+            raise UserError(f"{flag} {path}: no such file or directory")
         best = sorted(p for p in path.rglob(BEST_NAME) if _is_checkpoint_candidate(p, path))
         any_file = sorted(p for p in path.rglob("*.safetensors") if _is_checkpoint_candidate(p, path))
         chosen = best or any_file
@@ -55,23 +55,23 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
             pickles = sorted(p.name for p in path.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES
                              and _is_checkpoint_candidate(p, path))
             hint = f" (pickle files such as {pickles[0]} are refused)" if pickles else ""
-            raise UserError(f"--weights {path}: no checkpoints found (looked for {BEST_NAME} in each "
+            raise UserError(f"{flag} {path}: no checkpoints found (looked for {BEST_NAME} in each "
                             f"run directory, then any *.safetensors){hint}; train one with train.py")
         found.extend(chosen)
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
-def read_members(paths: list[Path], img_size: int | None) -> list[Member]:
+def read_members(paths: list[Path], img_size: int | None, flag: str = "--weights") -> list[Member]:
     """Validate every file's metadata and agree on the classes before anything heavy runs."""
     members = []
     for path in paths:
-        meta = read_meta(path, "--weights")
-        check_arch(meta.arch, "--weights", path)
+        meta = read_meta(path, flag)
+        check_arch(meta.arch, flag, path)
         members.append(Member(path, meta, img_size or meta.img_size))
     first = members[0]
     for m in members[1:]:
         if m.meta.class_names != first.meta.class_names:
-            raise UserError(f"--weights: {m.path} has {m.meta.num_classes} classes "
+            raise UserError(f"{flag}: {m.path} has {m.meta.num_classes} classes "
                             f"{m.meta.class_names[:4]}... but {first.path} has "
                             f"{first.meta.num_classes} {first.meta.class_names[:4]}...; "
                             "ensemble checkpoints trained on the same classes")

@@ -109,6 +109,9 @@ def card_text(meta: CheckpointMeta, results: dict | None, model_id: str, name: s
                   f"{'' if p['train_backbone'] else ' (backbone frozen)'}"
                   for p in recipe.get("phases", [])),
               f"- normalization: mean {meta.mean}, std {meta.std}"]
+    if meta.distilled_from:
+        lines.append("- distilled from: " + ", ".join(text(t) for t in meta.distilled_from)
+                     + " (teacher arch and the first 16 hex digits of its file's sha256)")
     if meta.weights == "ema":
         lines.append(f"- weights: the exponential moving average of the trained weights (decay at most "
                      f"{recipe.get('ema_decay')}), which validated better than the raw weights")

@@ -39,6 +39,12 @@ class SlowRunWarning:
                        "--arch resnet18 --img-size 32 --no-pretrained --epochs 0 3")
 
 
+def without_teachers(record: dict) -> str:
+    if "images_per_s_without_teachers" not in record:
+        return ""
+    return f" ({record['images_per_s_without_teachers']:.0f} without the teachers' passes)"
+
+
 def epoch_line(record: dict, total_epochs: int, mixing: bool, improved: bool, eta: float) -> str:
     """`improved`: a new best, marked * after the weights that made it (raw, or EMA when better)."""
     train_name = "train acc (dominant label, Mixup/CutMix on)" if mixing else "train acc"
@@ -49,5 +55,5 @@ def epoch_line(record: dict, total_epochs: int, mixing: bool, improved: bool, et
             f"{record['train_loss']:.4f} {train_name} {record['train_acc']:.2%} | val loss "
             f"{record['val_loss']:.4f} acc {record['val_acc']:.2%}"
             f"{' *' if improved and not ema_better else ''}{ema} | lr "
-            f"{record['lr']:.2e} | {record['images_per_s']:.0f} img/s | elapsed "
+            f"{record['lr']:.2e} | {record['images_per_s']:.0f} img/s{without_teachers(record)} | elapsed "
             f"{format_duration(record['elapsed_seconds'])} ETA {format_duration(eta)}")

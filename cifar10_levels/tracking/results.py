@@ -58,6 +58,10 @@ def results_text(results: dict, results_file: Path) -> str:
         "(15 bins)"]
     if "final_weights" in results:
         lines.append(final_weights_text(results["final_weights"]))
+    if vote := results.get("teachers_vote"):
+        tta = f" | with TTA {vote['test_acc_tta']:.2%}" if vote["test_acc_tta"] is not None else ""
+        lines.append(f"the {vote['teachers']} teachers' soft vote on the same test set: {vote['test_acc']:.2%}"
+                     f"{tta}")
     lines.append(f"{'class':<12} {'acc':>7}")
     lines += [f"{name:<12} {acc:>7.2%}" for name, acc in results["per_class_acc"].items()]
     lines.append(f"results: {results_file}")

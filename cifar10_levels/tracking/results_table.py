@@ -12,7 +12,7 @@ from ..checkpoint.meta import field_problem, is_fraction, is_int, is_number
 from ..recipes import LEVELS
 
 COLUMNS = ["Level", "Technique", "Model", "Test acc", "Target", "Status", "Run"]
-LEVEL_ORDER = ["1", "2", "3", "4", "fast"]
+LEVEL_ORDER = ["1", "2", "3", "4", "5", "fast"]
 
 
 @dataclass
@@ -63,8 +63,17 @@ def _training_run(data: dict, run: str) -> RunResult:
         raise ValueError(problem)
     return RunResult(run=run, level=str(data["level"]), title=data.get("title", ""),
                      arch=data.get("arch", "?"), test_acc=float(data["test_acc"]),
-                     test_acc_tta=data.get("test_acc_tta"), target=data.get("target", ""),
+                     test_acc_tta=data.get("test_acc_tta"), target=vote_target(data) or data.get("target", ""),
                      train_seconds=data.get("train_seconds"))
+
+
+def vote_target(data: dict) -> str | None:
+    """A distilled run is judged against its teachers' vote on the same test set."""
+    vote = data.get("teachers_vote")
+    if not isinstance(vote, dict):
+        return None
+    accs = [_fraction(vote[k]) for k in ("test_acc", "test_acc_tta") if vote.get(k) is not None]
+    return f">= {max(accs):.2%} (its teachers' vote)" if accs else None
 
 
 def _fraction(value) -> float:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..data.augment import TrainAugment
+from .distill import Teachers
 from .ema import WeightEma
 from ..runtime.precision import Amp
 from .epoch_totals import EpochStats
@@ -21,18 +22,22 @@ def nonfinite_on_any_process(accelerator, loss: torch.Tensor) -> bool:
 
 def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
                     augment: TrainAugment, mix: bool, loss_fn: Callable, amp: Amp,
-                    hooks: StepHooks, clip_grad: float = 0.0, ema: WeightEma | None = None) -> EpochStats:
+                    hooks: StepHooks, clip_grad: float = 0.0, ema: WeightEma | None = None,
+                    teachers: Teachers | None = None) -> EpochStats:
     """One pass over the (sharded) training loader: batch -> augment -> forward -> loss -> backward
     -> step -> log. `mix`: Mixup/CutMix on (then `loss_fn` takes soft targets). `clip_grad` (> 0) and
-    `ema` act once per optimizer step, on the batch that ends an accumulation."""
+    `ema` act once per optimizer step, on the batch that ends an accumulation. `teachers`: their
+    vote on the same augmented batch adds the distillation term to the loss."""
     loss = torch.zeros((), device=accelerator.device)  # an epoch resumed after its last batch has none left
     totals = hooks.start_epoch(len(loader))
     for images, labels in loader:
         with accelerator.accumulate(model):
-            inputs, targets = augment(images, labels, mix)
+            batch, targets = augment.pixels(images, labels, mix)
             with amp.autocast():
-                logits = model(inputs)
-            loss = loss_fn(logits.float(), targets)
+                logits = model(augment.normalize.resize(batch)).float()
+            loss = loss_fn(logits, targets)
+            if teachers is not None:
+                loss = teachers.distilled(loss, logits, batch)
             # fp16's GradScaler skips non-finite steps by itself, so only the other precisions
             # pay a device sync to skip them (NaN gradients would ruin the weights)
             if amp.scaler is not None or not nonfinite_on_any_process(accelerator, loss):

@@ -37,6 +37,10 @@ from .setup import make_accelerator, make_loaders, make_losses, ready_model
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
 
 
+def short_hashes(hashes: list[str] | None) -> str:
+    return ", ".join(h[:12] for h in hashes) if hashes else "none (no teachers)"
+
+
 class RunFinished(Exception):
     """--resume auto of a finished run: nothing to do, and no error (a requeued job ends cleanly)."""
 
@@ -48,6 +52,7 @@ class Trainer:
         self.config, self.recipe = config, config.recipe
         self._setup_accelerator()
         self._setup_data()
+        self._setup_teachers()
         self._setup_model()
         self._setup_augmentation()
         self._setup_loaders()
@@ -73,6 +78,19 @@ class Trainer:
         if problem := batch_too_large(self.recipe.batch_size, self.accelerator.num_processes,
                                       len(self.data.train), self.data.source):
             raise UserError(problem)
+
+    def _setup_teachers(self) -> None:
+        """--teachers, loaded on every process before the seeded steps (building a model draws from
+        the RNGs the seeds then reset), outside this run's own directory."""
+        self.teachers = None
+        if self.config.teachers:
+            from .distill import load_teachers
+
+            recipe, config = self.recipe, self.config
+            student = Normalizer(recipe.img_size, recipe.mean, recipe.std)
+            self.teachers = load_teachers(config.teachers, self.data.class_names, student, recipe,
+                                          self.accelerator.device, config.channels_last,
+                                          self.amp.autocast, exclude=self.run_dir)
 
     def _setup_model(self) -> None:
         recipe, config = self.recipe, self.config
@@ -104,6 +122,12 @@ class Trainer:
         SIGTERM/SIGINT raise."""
         self.state = self.store.load_train_state() if self.config.resume else TrainState()
         self.saved_state_to_load = self.store.state_dir if self.config.resume else None
+        taught_by = self.teachers.sha256s if self.teachers else None
+        if self.config.resume and self.state.teachers_sha256 != taught_by:
+            raise UserError(f"--teachers: the run in {self.run_dir} was taught by files of sha256 "
+                            f"{short_hashes(self.state.teachers_sha256)}, these are "
+                            f"{short_hashes(taught_by)}; resume with the same teacher files")
+        self.state.teachers_sha256 = taught_by
         self.stop = StopFlag(self.accelerator)
 
     def _setup_budget(self) -> None:
@@ -114,8 +138,8 @@ class Trainer:
         if config.resume:
             self.plan = resumed_plan(self.state.budget_plan, config.time_budget, self.run_dir)
         elif config.time_budget:
-            parts = ProbeParts(self.base_model, self.data, self.augment, self.normalize, self.hard_loss,
-                               self.amp.name, self.val_loader.batch_size)
+            parts = ProbeParts(self.base_model, self.data, self.augment_and_teach, self.normalize,
+                               self.hard_loss, self.amp.name, self.val_loader.batch_size)
             self.plan = run_plan(parts, self.recipe, self.accelerator, budget_seconds=config.time_budget,
                                  grad_accum=config.grad_accum, train_batches=len(self.train_loader),
                                  images_per_step=self.global_batch, run_dir=self.run_dir)
@@ -125,13 +149,21 @@ class Trainer:
         self.replans = self.plan is not None and not config.resume
         self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
 
+    def augment_and_teach(self, images: torch.Tensor, labels: torch.Tensor, mix: bool):
+        """The training step's inputs, with the teachers' vote on them: --time-budget times both."""
+        batch, targets = self.augment.pixels(images, labels, mix)
+        if self.teachers is not None:
+            self.teachers.vote(batch)
+        return self.normalize.resize(batch), targets
+
     def _setup_logging(self) -> None:
         """The slow-run warning, the run log with the configuration its trackers record, and the step
         hooks that report to them and count the steps."""
         config, accelerator = self.config, self.accelerator
         total_steps = self.length.total_epochs * len(self.train_loader) // accelerator.num_processes
         self.warn_if_slow = SlowRunWarning(total_steps, self.device_name(), self.print)
-        tracked = run_config(config.to_dict(), self.recipe, accelerator, self.data,
+        teachers = {"teachers": self.teachers.records} if self.teachers else {}
+        tracked = run_config({**config.to_dict(), **teachers}, self.recipe, accelerator, self.data,
                              global_batch=self.global_batch, resumed=config.resume,
                              precision_probe=self.amp.measured and self.amp.measured.record(),
                              time_budget=self.plan and self.plan.to_dict())
@@ -168,7 +200,8 @@ class Trainer:
     def save_checkpoint(self, name: str, epoch: int, val_acc: float, test_acc: float | None = None,
                         weights: str = "raw", model: torch.nn.Module | None = None) -> None:
         """`model` holds the `weights` named in the metadata (default: the model being trained)."""
-        meta = make_checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights)
+        meta = make_checkpoint_meta(self.recipe, self.data.class_names, epoch, val_acc, test_acc, weights,
+                                    self.teachers.records if self.teachers else None)
         self.store.save_checkpoint(self.model if model is None else model, name, meta)
 
     def fit(self) -> dict:
@@ -229,6 +262,8 @@ class Trainer:
                 self.print(planned.line())
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
+        if self.teachers is not None:
+            self.print(self.teachers.line())
         if self.saved_state_to_load is not None:
             state = self.state
             self.print(f"resuming from {self.saved_state_to_load}: phase {state.phase + 1}, epoch "
@@ -289,9 +324,11 @@ class Trainer:
         hooks' count of its steps then goes into the state."""
         mix = self.recipe.mixes(phase)
         self.hooks.count_from(phase.name, self.state)
+        if self.teachers is not None:
+            self.teachers.clock.take()  # the epoch's teacher seconds count from here
         stats = train_one_epoch(self.accelerator, self.model, self.optimizer, self.scheduler, loader,
                                 self.augment, mix, self.soft_loss if mix else self.hard_loss, self.amp,
-                                self.hooks, self.recipe.clip_grad, self.ema)
+                                self.hooks, self.recipe.clip_grad, self.ema, self.teachers)
         self.record_steps(None)
         return stats
 
@@ -338,10 +375,18 @@ class Trainer:
                   **({"val_loss_ema": val_ema.loss, "val_acc_ema": val_ema.acc} if val_ema else {}),
                   "lr": self.scheduler.get_last_lr()[0],
                   "images_per_s": stats.images / max(stats.seconds, 1e-9),
+                  **(self.teacher_share(stats) if self.teachers else {}),
                   "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
         state.history.append(record)
         self.print(epoch_line(record, self.length.total_epochs, self.recipe.mixes(phase), improved, eta))
         self.log.epoch(state.history, state.global_step)
+
+    def teacher_share(self, stats: EpochStats) -> dict:
+        """The epoch's seconds in the teachers' forward passes (this process's), and the student's
+        images/s without them."""
+        teacher_seconds = self.teachers.clock.take()
+        alone = max(stats.seconds - teacher_seconds, 1e-9)
+        return {"teacher_seconds": teacher_seconds, "images_per_s_without_teachers": stats.images / alone}
 
     def finish(self, seconds: float) -> dict:
         """The best weights on the test set (plain and TTA in one pass): results.json, the table, logs."""
@@ -366,6 +411,10 @@ class Trainer:
         results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.config.resume)
         results["checkpoint_every"] = self.config.checkpoint_every
         results["config"] = self.config.to_dict()
+        if self.teachers:
+            results["teachers"] = self.teachers.records
+            results["teachers_vote"] = self.teachers.test_vote(accelerator, self.data.test, recipe.tta,
+                                                               self.test_loader.batch_size)
         self.save_checkpoint("best", state.best_epoch, state.best_val_acc, test.acc, state.best_weights)
         if accelerator.is_main_process:
             plot_reliability(reliability_bins(test.probs, test.labels), self.run_dir / "reliability.png",
