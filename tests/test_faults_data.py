@@ -192,3 +192,19 @@ def test_a_fifo_is_not_read_as_an_image(fifo, tmp_path):
     assert find_images([str(fifo), str(tmp_path / "real.png")]) == [tmp_path / "real.png"]
     outcome = call(predict_main, "--weights", tmp_path / "model.safetensors", fifo, tmp_path / "real.png")
     assert outcome.code == 0 and f"warning: {fifo}: not a regular file; skipped" in outcome.stderr
+
+
+def test_a_decode_cache_without_its_checksum_is_rebuilt_as_an_older_one(tmp_path, monkeypatch, capsys):
+    from cifar10_levels.data.cifar10 import cache_dir, load_cifar10
+
+    monkeypatch.setenv("CIFAR10_LEVELS_CACHE", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", 60, 20)
+    first = load_cifar10(str(data))
+    (cache,) = cache_dir().glob("decoded-*.safetensors")
+    rewrite(cache, lambda t, m: m.pop("sha256"))
+    capsys.readouterr()
+    again = load_cifar10(str(data))
+    err = capsys.readouterr().err
+    assert f"warning: {cache}: decode cache of an older version (no checksum)" in err
+    assert "damaged" not in err
+    assert torch.equal(again.train.images, first.train.images)

@@ -182,6 +182,10 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
+class OlderCache(Exception):
+    """A decode cache written without the checksum of its tensors."""
+
+
 def _read_cache(cache: Path, dd) -> dict[str, ImageSet] | None:
     """The decoded splits kept in `cache`, only when every shape, type and label and the checksum
     written with them hold; None otherwise (then the cache is rebuilt)."""
@@ -194,6 +198,8 @@ def _read_cache(cache: Path, dd) -> dict[str, ImageSet] | None:
         t = load_file(cache)
     except Exception:
         return None
+    if checksum is None:
+        raise OlderCache
     splits = {}
     for name in ("train", "test"):
         images, labels = t.get(f"{name}.images"), t.get(f"{name}.labels")
@@ -219,12 +225,14 @@ def _decoded_splits(dd, where: str) -> dict[str, ImageSet]:
 
     cache = _cache_path(dd)
     if cache.is_file():
-        splits = _read_cache(cache, dd)
+        try:
+            splits, problem = _read_cache(cache, dd), "damaged decode cache"
+        except OlderCache:
+            splits, problem = None, "decode cache of an older version (no checksum)"
         if splits is not None:
             return splits
         if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"warning: {cache}: damaged decode cache; decoding the data set again",
-                  file=sys.stderr)
+            print(f"warning: {cache}: {problem}; decoding the data set again", file=sys.stderr)
     splits = {s: _decode(dd[s], s, where) for s in ("train", "test")}
     tensors = {f"{s}.{k}": getattr(v, k) for s, v in splits.items() for k in ("images", "labels")}
     try:
