@@ -63,11 +63,17 @@ class TimedAugment:
         self.augment = augment
         self.seconds, self.calls = 0.0, 0
 
-    def __call__(self, images, labels, mix):
+    def pixels(self, images, labels, mix):
         start = time.perf_counter()
-        out = self.augment(images, labels, mix)
+        out = self.augment.pixels(images, labels, mix)
         self.seconds += time.perf_counter() - start
         self.calls += 1
+        return out
+
+    def resize(self, batch):
+        start = time.perf_counter()
+        out = self.augment.resize(batch)
+        self.seconds += time.perf_counter() - start
         return out
 
     def isolated_ms(self, trainer: Trainer, mix: bool, batches: int) -> float:
@@ -90,9 +96,12 @@ class FixedBatch:
             self.batch = trainer.normalize(trainer.data.train.images[:trainer.recipe.batch_size])
         self.num_classes = len(trainer.data.class_names)
 
-    def __call__(self, images, labels, mix):
+    def pixels(self, images, labels, mix):
         # a mixing phase's loss takes soft targets, as Mixup/CutMix would give it
         return self.batch, nn.functional.one_hot(labels, self.num_classes).float() if mix else labels
+
+    def resize(self, batch):
+        return batch
 
 
 def timed_epoch_of_bare_loop(trainer: Trainer, phase: Phase, batches: int):

@@ -25,9 +25,15 @@ def parts(accelerator, tmp_path, poison: bool = False, max_nonfinite: int = 20):
     labels = torch.randint(0, 10, (BATCHES * BATCH,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=BATCH)
 
-    def augment(x, y, mix):
-        x = x.float() / 255
-        return (x * float("nan") if poison else x), y
+    class Augment:  # TrainAugment's two steps, the loop's whole use of it
+        def pixels(self, x, y, mix):
+            x = x.float() / 255
+            return (x * float("nan") if poison else x), y
+
+        def resize(self, x):
+            return x
+
+    augment = Augment()
 
     logged = []
     config = parse_run_config(["--output-dir", str(tmp_path), "--no-progress",

@@ -207,9 +207,6 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         raise UserError(f"--whiten-bias-fraction {args.whiten_bias_fraction}: must be in (0, 1]")
     if args.kd_weight is not None and not 0 <= args.kd_weight <= 1:
         raise UserError(f"--kd-weight {args.kd_weight}: must be in [0, 1]")
-    if recipe.needs_teachers and not args.teachers:
-        raise UserError(f"--level {recipe.level} trains a student: give --teachers PATH... (the "
-                        "level 1-4 checkpoints or run directories, as ensemble.py --weights takes them)")
     for flag, value in (("--clip-grad", args.clip_grad), ("--warmup-epochs", args.warmup_epochs)):
         if value is not None and not value >= 0:  # `not >=` also refuses nan
             raise UserError(f"{flag} {value}: must be >= 0 (0 turns it off)")
@@ -304,6 +301,12 @@ def train_main(argv: list[str] | None = None) -> int:
     from ..train.preflight import preflight
 
     with command.blamed():
+        # here, not in recipe_from_args: a resume's --teachers come from its config.yaml, and
+        # --print-config writes a level-5 config to complete
+        if config.recipe.needs_teachers and not config.teachers:
+            raise UserError(f"--level {config.recipe.level} trains a student: give --teachers PATH... "
+                            "(the level 1-4 checkpoints or run directories, as ensemble.py --weights "
+                            "takes them)")
         preflight(config)
     if config.push_to_hub:
         from ..hub.export import check_push_ready

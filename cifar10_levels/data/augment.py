@@ -124,7 +124,11 @@ class TrainAugment:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (inputs, targets); targets are soft (N, C) when Mixup/CutMix ran, else labels."""
         batch, targets = self.pixels(images, labels, mix)
-        return self.normalize.resize(batch), targets
+        return self.resize(batch), targets
+
+    def resize(self, batch: torch.Tensor) -> torch.Tensor:
+        """pixels' batch at the model's size and memory layout."""
+        return self.normalize.resize(batch)
 
     def pixels(self, images: torch.Tensor, labels: torch.Tensor, mix: bool
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,17 +11,19 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.augment import TrainAugment
 from ..data.cifar10 import ImageSet
 from ..data.normalize import Normalizer
 from ..errors import UserError
+from ..checkpoint.train_state import TrainState
 from ..recipes import Recipe
+from .config import RunConfig
 
 FLAG = "--teachers"
 
@@ -93,6 +95,13 @@ class Teachers:
         return (f"distillation: loss = {1 - self.weight:g} x recipe's + {self.weight:g} x T^2 KL(vote || "
                 f"student) at T {self.temperature:g}; {len(self.teachers)} teacher(s): {teachers}")
 
+    def epoch_record(self, images: int, seconds: float) -> dict:
+        """The epoch's seconds in the teachers' passes (this process's), and the student's images/s
+        without them."""
+        teacher_seconds = self.clock.take()
+        return {"teacher_seconds": teacher_seconds,
+                "images_per_s_without_teachers": images / max(seconds - teacher_seconds, 1e-9)}
+
     @property
     def records(self) -> list[dict]:
         return [t.record for t in self.teachers]
@@ -146,21 +155,31 @@ class Teachers:
                 "tta_views": max(tta, 1), "teachers": len(self.teachers)}
 
 
-def load_teachers(paths: list[str], class_names: list[str], student: Normalizer, recipe: Recipe,
-                  device: torch.device, channels_last: bool,
-                  autocast: Callable[[], AbstractContextManager], exclude: Path) -> Teachers:
-    """--teachers resolved as ensemble.py resolves --weights (files, run directories, directories of
-    runs), less the student's own run directory `exclude`; each file checked before anything is
-    built: no pickle, its classes the data's."""
+def with_teachers(augment: TrainAugment, teachers: Teachers | None) -> Callable:
+    """augment's (inputs, targets), the teachers voting on them: a step as --time-budget times it."""
+    def augmented(images: torch.Tensor, labels: torch.Tensor, mix: bool):
+        batch, targets = augment.pixels(images, labels, mix)
+        if teachers is not None:
+            teachers.vote(batch)
+        return augment.resize(batch), targets
+    return augmented
+
+
+def load_teachers(config: RunConfig, class_names: list[str], device: torch.device,
+                  autocast: Callable[[], AbstractContextManager]) -> Teachers:
+    """config.teachers resolved as ensemble.py resolves --weights (files, run directories,
+    directories of runs), less the student's own run directory; each file checked before anything
+    is built: no pickle, its classes the data's."""
     from ..checkpoint.io import load_checkpoint
     from ..ensemble.cache import file_sha256
     from ..ensemble.members import find_checkpoints, read_members
 
-    own = exclude.resolve()
+    paths, recipe, channels_last = config.teachers, config.recipe, config.channels_last
+    own = config.run_dir.resolve()
     files = [p for p in find_checkpoints(paths, FLAG) if own not in p.parents]
     if not files:
-        raise UserError(f"{FLAG} {' '.join(paths)}: no checkpoints besides this run's own ({exclude}); "
-                        "give the teachers' checkpoints or run directories")
+        raise UserError(f"{FLAG} {' '.join(paths)}: no checkpoints besides this run's own "
+                        f"({config.run_dir}); give the teachers' checkpoints or run directories")
     members = read_members(files, None, FLAG)
     teachers = []
     for member in members:
@@ -178,4 +197,18 @@ def load_teachers(paths: list[str], class_names: list[str], student: Normalizer,
                   "level": meta.level, "img_size": meta.img_size, "seed": meta.seed,
                   "val_acc": meta.val_acc, "test_acc": meta.test_acc}
         teachers.append(Teacher(model, normalize, record))
+    student = Normalizer(recipe.img_size, recipe.mean, recipe.std)
     return Teachers(teachers, student, recipe, autocast, device)
+
+
+def same_teachers(state: TrainState, teachers: Teachers | None, config: RunConfig) -> list[str] | None:
+    """The teachers' sha256s, for the state; on --resume, those the run started with or an error."""
+    def short(hashes: list[str] | None) -> str:
+        return ", ".join(h[:12] for h in hashes) if hashes else "none (no teachers)"
+
+    taught_by = teachers.sha256s if teachers else None
+    if config.resume and state.teachers_sha256 != taught_by:
+        raise UserError(f"{FLAG}: the run in {config.run_dir} was taught by files of sha256 "
+                        f"{short(state.teachers_sha256)}, these are {short(taught_by)}; resume with "
+                        "the same teacher files")
+    return taught_by

@@ -34,7 +34,7 @@ def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
         with accelerator.accumulate(model):
             batch, targets = augment.pixels(images, labels, mix)
             with amp.autocast():
-                logits = model(augment.normalize.resize(batch)).float()
+                logits = model(augment.resize(batch)).float()
             loss = loss_fn(logits, targets)
             if teachers is not None:
                 loss = teachers.distilled(loss, logits, batch)

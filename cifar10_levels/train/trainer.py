@@ -30,15 +30,12 @@ from ..tracking.plots import plot_reliability
 from ..tracking.results import make_results, results_text
 from ..tracking.run_log import RunLog, TrackerSettings, run_config
 from .config import RunConfig, write_config
+from .distill import load_teachers, same_teachers, with_teachers
 from .ema import final_weights, make_ema
 from .loop import EpochStats, train_one_epoch
 from .preflight import batch_too_large
 from .setup import make_accelerator, make_loaders, make_losses, ready_model
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
-
-
-def short_hashes(hashes: list[str] | None) -> str:
-    return ", ".join(h[:12] for h in hashes) if hashes else "none (no teachers)"
 
 
 class RunFinished(Exception):
@@ -80,17 +77,10 @@ class Trainer:
             raise UserError(problem)
 
     def _setup_teachers(self) -> None:
-        """--teachers, loaded on every process before the seeded steps (building a model draws from
-        the RNGs the seeds then reset), outside this run's own directory."""
-        self.teachers = None
-        if self.config.teachers:
-            from .distill import load_teachers
-
-            recipe, config = self.recipe, self.config
-            student = Normalizer(recipe.img_size, recipe.mean, recipe.std)
-            self.teachers = load_teachers(config.teachers, self.data.class_names, student, recipe,
-                                          self.accelerator.device, config.channels_last,
-                                          self.amp.autocast, exclude=self.run_dir)
+        """--teachers, on every process, before the seeded steps: building a model draws from the
+        RNGs that the seeds then reset."""
+        self.teachers = load_teachers(self.config, self.data.class_names, self.accelerator.device,
+                                      self.amp.autocast) if self.config.teachers else None
 
     def _setup_model(self) -> None:
         recipe, config = self.recipe, self.config
@@ -122,12 +112,7 @@ class Trainer:
         SIGTERM/SIGINT raise."""
         self.state = self.store.load_train_state() if self.config.resume else TrainState()
         self.saved_state_to_load = self.store.state_dir if self.config.resume else None
-        taught_by = self.teachers.sha256s if self.teachers else None
-        if self.config.resume and self.state.teachers_sha256 != taught_by:
-            raise UserError(f"--teachers: the run in {self.run_dir} was taught by files of sha256 "
-                            f"{short_hashes(self.state.teachers_sha256)}, these are "
-                            f"{short_hashes(taught_by)}; resume with the same teacher files")
-        self.state.teachers_sha256 = taught_by
+        self.state.teachers_sha256 = same_teachers(self.state, self.teachers, self.config)
         self.stop = StopFlag(self.accelerator)
 
     def _setup_budget(self) -> None:
@@ -138,8 +123,8 @@ class Trainer:
         if config.resume:
             self.plan = resumed_plan(self.state.budget_plan, config.time_budget, self.run_dir)
         elif config.time_budget:
-            parts = ProbeParts(self.base_model, self.data, self.augment_and_teach, self.normalize,
-                               self.hard_loss, self.amp.name, self.val_loader.batch_size)
+            parts = ProbeParts(self.base_model, self.data, with_teachers(self.augment, self.teachers),
+                               self.normalize, self.hard_loss, self.amp.name, self.val_loader.batch_size)
             self.plan = run_plan(parts, self.recipe, self.accelerator, budget_seconds=config.time_budget,
                                  grad_accum=config.grad_accum, train_batches=len(self.train_loader),
                                  images_per_step=self.global_batch, run_dir=self.run_dir)
@@ -148,13 +133,6 @@ class Trainer:
             self.plan = None
         self.replans = self.plan is not None and not config.resume
         self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
-
-    def augment_and_teach(self, images: torch.Tensor, labels: torch.Tensor, mix: bool):
-        """The training step's inputs, with the teachers' vote on them: --time-budget times both."""
-        batch, targets = self.augment.pixels(images, labels, mix)
-        if self.teachers is not None:
-            self.teachers.vote(batch)
-        return self.normalize.resize(batch), targets
 
     def _setup_logging(self) -> None:
         """The slow-run warning, the run log with the configuration its trackers record, and the step
@@ -375,18 +353,11 @@ class Trainer:
                   **({"val_loss_ema": val_ema.loss, "val_acc_ema": val_ema.acc} if val_ema else {}),
                   "lr": self.scheduler.get_last_lr()[0],
                   "images_per_s": stats.images / max(stats.seconds, 1e-9),
-                  **(self.teacher_share(stats) if self.teachers else {}),
+                  **(self.teachers.epoch_record(stats.images, stats.seconds) if self.teachers else {}),
                   "epoch_seconds": stats.seconds, "elapsed_seconds": state.train_seconds}
         state.history.append(record)
         self.print(epoch_line(record, self.length.total_epochs, self.recipe.mixes(phase), improved, eta))
         self.log.epoch(state.history, state.global_step)
-
-    def teacher_share(self, stats: EpochStats) -> dict:
-        """The epoch's seconds in the teachers' forward passes (this process's), and the student's
-        images/s without them."""
-        teacher_seconds = self.teachers.clock.take()
-        alone = max(stats.seconds - teacher_seconds, 1e-9)
-        return {"teacher_seconds": teacher_seconds, "images_per_s_without_teachers": stats.images / alone}
 
     def finish(self, seconds: float) -> dict:
         """The best weights on the test set (plain and TTA in one pass): results.json, the table, logs."""
