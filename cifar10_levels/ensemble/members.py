@@ -74,5 +74,5 @@ def read_members(paths: list[Path], img_size: int | None, flag: str = "--weights
             raise UserError(f"{flag}: {m.path} has {m.meta.num_classes} classes "
                             f"{m.meta.class_names[:4]}... but {first.path} has "
                             f"{first.meta.num_classes} {first.meta.class_names[:4]}...; "
-                            "ensemble checkpoints trained on the same classes")
+                            "use checkpoints trained on the same classes")
     return members
