@@ -301,12 +301,6 @@ def train_main(argv: list[str] | None = None) -> int:
     from ..train.preflight import preflight
 
     with command.blamed():
-        # here, not in recipe_from_args: a resume's --teachers come from its config.yaml, and
-        # --print-config writes a level-5 config to complete
-        if config.recipe.needs_teachers and not config.teachers:
-            raise UserError(f"--level {config.recipe.level} trains a student: give --teachers PATH... "
-                            "(the level 1-4 checkpoints or run directories, as ensemble.py --weights "
-                            "takes them)")
         preflight(config)
     if config.push_to_hub:
         from ..hub.export import check_push_ready

@@ -17,7 +17,7 @@ def preflight(config: RunConfig) -> None:
     from ..tracking.trackers import tracker_problem
 
     recipe = config.recipe
-    problems = [p for p in (*recipe_problems(recipe), ema_problem(config),
+    problems = [p for p in (*recipe_problems(recipe), ema_problem(config), teachers_problem(config),
                             *batch_problems(config), *source_problems(config),
                             *output_problems(config), tracker_problem(config.report_to)) if p]
     if len(problems) == 1:
@@ -25,6 +25,14 @@ def preflight(config: RunConfig) -> None:
     if problems:
         raise UserError(f"{len(problems)} problems, nothing was done:\n" +
                         "\n".join(f"  {p}" for p in problems))
+
+
+def teachers_problem(config: RunConfig) -> str | None:
+    """A level that trains a student needs its teachers (a resume finds them in its config.yaml)."""
+    if config.recipe.needs_teachers and not config.teachers:
+        return (f"--level {config.recipe.level} trains a student: give --teachers PATH... (the level 1-4 "
+                "checkpoints or run directories, as ensemble.py --weights takes them)")
+    return None
 
 
 def recipe_problems(recipe: Recipe) -> list[str | None]:
