@@ -219,6 +219,44 @@ def test_teachers_see_the_students_augmented_mixed_batch_at_their_own_size_and_n
         assert not any(p.requires_grad for p in teacher.model.parameters())
 
 
+def autocast_seen() -> tuple:
+    """The CPU autocast a forward pass runs under: (on, dtype if on)."""
+    on = torch.is_autocast_enabled("cpu")
+    return on, torch.get_autocast_dtype("cpu") if on else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, expected", [("bf16", (True, torch.bfloat16)), ("no", (False, None))])
+def test_teachers_run_in_the_students_precision(precision, expected, teachers, tiny_cifar, tmp_path,
+                                                monkeypatch):
+    """The teachers are not prepared by Accelerate, whose autocast wraps only the student: their
+    passes (training steps and the test set's vote) still run in the run's precision."""
+    import cifar10_levels.train.trainer as trainer
+
+    seen = {"student": [], "teachers": []}
+    create_model, init = trainer.create_model, Teachers.__init__
+
+    def recording_model(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        # on its first layer: Accelerate's autocast wraps the model's forward, inside its hooks
+        first = next(m for m in model.modules() if next(m.children(), None) is None)
+        first.register_forward_pre_hook(lambda *_: seen["student"].append(autocast_seen()))
+        return model
+
+    def recording_init(self, taught, *args, **kwargs):
+        init(self, taught, *args, **kwargs)
+        for teacher in taught:
+            first = next(m for m in teacher.model.modules() if next(m.children(), None) is None)
+            first.register_forward_pre_hook(lambda *_: seen["teachers"].append(autocast_seen()))
+
+    monkeypatch.setattr(trainer, "create_model", recording_model)
+    monkeypatch.setattr(Teachers, "__init__", recording_init)
+    train(tiny_cifar, tmp_path / "out", "--level", "5", "--teachers", teachers, *STUDENT,
+          "--train-limit", "16", *ONE_EPOCH, "--mixed-precision", precision)
+    assert seen["student"] and set(seen["student"]) == {expected}
+    assert len(seen["teachers"]) > 2 * 2 and set(seen["teachers"]) == {expected}
+
+
 @pytest.mark.slow
 def test_teacher_files_are_left_alone_and_the_student_saves_only_itself(student, teachers, tmp_path):
     assert student["teachers_after"] == student["teachers_before"]

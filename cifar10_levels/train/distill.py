@@ -124,8 +124,9 @@ class Teachers:
         started = self.clock.start()
         vote = None
         for teacher, share in zip(self.teachers, self.shares):
+            inputs = self.teacher_input(batch, teacher.normalize)
             with self.autocast():
-                logits = teacher.model(self.teacher_input(batch, teacher.normalize))
+                logits = teacher.model(inputs)
             probs = (logits.float() / self.temperature).softmax(1) * share
             vote = probs if vote is None else vote + probs
         self.clock.stop(started)
@@ -169,7 +170,8 @@ def load_teachers(config: RunConfig, class_names: list[str], device: torch.devic
                   autocast: Callable[[], AbstractContextManager]) -> Teachers:
     """config.teachers resolved as ensemble.py resolves --weights (files, run directories,
     directories of runs), less the student's own run directory; each file checked before anything
-    is built: no pickle, its classes the data's."""
+    is built: no pickle, its classes the data's. `autocast` puts the run's precision around a model
+    Accelerate did not prepare, as the teachers are."""
     from ..checkpoint.io import load_checkpoint
     from ..ensemble.cache import file_sha256
     from ..ensemble.members import find_checkpoints, read_members

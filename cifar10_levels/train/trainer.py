@@ -80,7 +80,7 @@ class Trainer:
         """--teachers, on every process, before the seeded steps: building a model draws from the
         RNGs that the seeds then reset."""
         self.teachers = load_teachers(self.config, self.data.class_names, self.accelerator.device,
-                                      self.amp.autocast) if self.config.teachers else None
+                                      self.amp.unprepared_autocast) if self.config.teachers else None
 
     def _setup_model(self) -> None:
         recipe, config = self.recipe, self.config
