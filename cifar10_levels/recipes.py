@@ -70,6 +70,8 @@ class Recipe:
     kd_weight: float = 0.8
     kd_temperature: float = 1.0
     kd_vote: str = "mean"          # the teachers' vote: mean probabilities, or "val_acc"-weighted
+    kd_view: str = "same"          # what the teachers see: the student's augmented batch, or "clean":
+                                   # the images before augmentation (phases without Mixup/CutMix)
     needs_teachers: bool = False   # level 5: a student, trained only with --teachers
 
     def with_overrides(self, **changes) -> "Recipe":

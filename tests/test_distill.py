@@ -117,7 +117,15 @@ def test_the_val_acc_vote_weights_teachers_and_blends_with_the_recipe_loss():
     torch.testing.assert_close(taught.vote(batch), vote)
     logits, recipe_loss = torch.randn(4, 10, generator=generator), torch.tensor(1.7)
     expected = 0.7 * recipe_loss + 0.3 * 4 * F.kl_div((logits / 2).log_softmax(1), vote, reduction="batchmean")
-    torch.testing.assert_close(taught.distilled(recipe_loss, logits, batch), expected)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    torch.testing.assert_close(taught.distilled(recipe_loss, logits, batch, images), expected)
+    # kd_view "clean": the vote is on the images before augmentation, in the student's normalization
+    clean = Teachers([Teacher(m, student, dict(r)) for m, r in zip(models, records)], student,
+                     recipe.with_overrides(kd_view="clean"), contextlib.nullcontext, torch.device("cpu"))
+    unaugmented = student.standardize(images)
+    vote = 0.25 * (models[0](unaugmented) / 2).softmax(1) + 0.75 * (models[1](unaugmented) / 2).softmax(1)
+    expected = 0.7 * recipe_loss + 0.3 * 4 * F.kl_div((logits / 2).log_softmax(1), vote, reduction="batchmean")
+    torch.testing.assert_close(clean.distilled(recipe_loss, logits, batch, images), expected)
     mean = Teachers([Teacher(m, student, dict(r)) for m, r in zip(models, records)], student,
                     recipe.with_overrides(kd_vote="mean"), contextlib.nullcontext, torch.device("cpu"))
     assert mean.shares == [0.5, 0.5]
@@ -219,7 +227,49 @@ def test_teachers_see_the_students_augmented_mixed_batch_at_their_own_size_and_n
         assert not any(p.requires_grad for p in teacher.model.parameters())
 
 
-def autocast_seen() -> tuple:
+@pytest.mark.slow
+def test_with_kd_view_clean_the_teachers_see_the_images_before_augmentation(teachers, tiny_cifar, tmp_path,
+                                                                            monkeypatch):
+    """Level 1 (no Mixup): the student trains on its cropped, flipped batch, each teacher sees the
+    loader's images as they are, at its own size and normalization."""
+    from cifar10_levels.data.augment import TrainAugment
+    from cifar10_levels.data.normalize import Normalizer
+    from cifar10_levels.recipes import LEVELS
+
+    loaded, inputs, augmented = [], [], []
+    pixels, init = TrainAugment.pixels, Teachers.__init__
+
+    def recording_pixels(self, images, labels, mix):
+        batch, targets = pixels(self, images, labels, mix)
+        loaded.append(images.clone())
+        augmented.append(batch.clone())
+        return batch, targets
+
+    def recording_init(self, taught, *args, **kwargs):
+        init(self, taught, *args, **kwargs)
+        for teacher in taught:
+            teacher.model.register_forward_pre_hook(
+                lambda _, a, size=teacher.normalize.img_size: inputs.append((size, a[0].clone())))
+
+    monkeypatch.setattr(TrainAugment, "pixels", recording_pixels)
+    monkeypatch.setattr(Teachers, "__init__", recording_init)
+    result = train(tiny_cifar, tmp_path / "out", "--teachers", teachers, *STUDENT, "--train-limit", "16",
+                   *ONE_EPOCH, "--kd-view", "clean")
+    assert "the teachers seeing the images before augmentation" in result.stdout
+    assert len(loaded) == 2  # 16 images in batches of 8
+    steps = inputs[:len(TEACHERS) * len(loaded)]  # then the test set's vote
+    assert sorted({size for size, _ in steps}) == [32, 48]
+    mean, std = LEVELS["1"].mean, LEVELS["1"].std
+    for step, (images, batch) in enumerate(zip(loaded, augmented)):
+        assert not torch.equal(batch, Normalizer(32, mean, std)(images))  # the student's was augmented
+        for size, got in steps[step * len(TEACHERS):(step + 1) * len(TEACHERS)]:
+            torch.testing.assert_close(got, Normalizer(size, mean, std)(images), rtol=1e-4, atol=1e-5)
+    import yaml
+    (config,) = (tmp_path / "out").glob("*/config.yaml")
+    assert yaml.safe_load(config.read_text())["kd_view"] == "clean"
+
+
+
     """The CPU autocast a forward pass runs under: (on, dtype if on)."""
     on = torch.is_autocast_enabled("cpu")
     return on, torch.get_autocast_dtype("cpu") if on else None
@@ -441,6 +491,10 @@ def make_bad_teacher(case: str, root: Path) -> tuple[list[str], list[str]]:
         return ["--teachers", str(good), "--kd-temperature", "-2"], ["--kd-temperature"]
     if case == "kd-vote unknown":
         return ["--teachers", str(good), "--kd-vote", "median"], ["--kd-vote"]
+    if case == "kd-view unknown":
+        return ["--teachers", str(good), "--kd-view", "center"], ["--kd-view"]
+    if case == "kd-view clean with Mixup":
+        return ["--level", "5", "--teachers", str(good), "--kd-view", "clean"], ["--kd-view clean", "Mixup"]
     raise AssertionError(case)
 
 
@@ -448,7 +502,7 @@ BAD_INPUTS = ["missing path", "pickle .pt", "pickle .pth", "pickle .bin", "direc
               "other classes", "one of two with other classes", "truncated safetensors",
               "not a safetensors file", "directory without checkpoints", "level 5 without teachers",
               "kd-weight above 1", "kd-weight below 0", "kd-weight nan", "kd-temperature 0",
-              "kd-temperature negative", "kd-vote unknown"]
+              "kd-temperature negative", "kd-vote unknown", "kd-view unknown", "kd-view clean with Mixup"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)

@@ -110,6 +110,8 @@ def train_parser() -> argparse.ArgumentParser:
                    "the teachers' vote and the student in the distillation term")
     k.add_argument("--kd-vote", choices=("mean", "val_acc"), help="the teachers' vote: mean "
                    "probabilities, or weighted by each teacher's validation accuracy")
+    k.add_argument("--kd-view", choices=("same", "clean"), help="what the teachers see: the student's "
+                   "augmented batch (same), or the images before augmentation (clean; no Mixup/CutMix)")
     r.add_argument("--no-pretrained", action="store_true",
                    help="random initial weights instead of the level's pretrained ones")
     r.add_argument("--pretrained-file", metavar="FILE",
@@ -218,7 +220,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         seed=args.seed, pretrained=False if (args.no_pretrained or args.pretrained_file) else None,
         warmup_epochs=args.warmup_epochs, ema_decay=args.ema, decay_norm_bias=args.decay_norm_bias,
         clip_grad=args.clip_grad, whiten_bias_fraction=args.whiten_bias_fraction,
-        kd_weight=args.kd_weight, kd_temperature=args.kd_temperature, kd_vote=args.kd_vote)
+        kd_weight=args.kd_weight, kd_temperature=args.kd_temperature, kd_vote=args.kd_vote,
+        kd_view=args.kd_view)
 
 
 AUGMENT_LIMITS = {"color_jitter": 1.0, "randaugment_magnitude": 30, "random_erasing": 1.0,

@@ -13,7 +13,7 @@ CONFIG_NAME = "config.yaml"
 # The recipe's values a train.py flag sets: the flag's name (its argparse dest) -> the Recipe field
 RECIPE_FLAGS = ("level", "arch", "img_size", "batch_size", "weight_decay", "label_smoothing", "tta",
                 "tta_scheme", "seed", "warmup_epochs", "decay_norm_bias", "clip_grad",
-                "whiten_bias_fraction", "kd_weight", "kd_temperature", "kd_vote")
+                "whiten_bias_fraction", "kd_weight", "kd_temperature", "kd_vote", "kd_view")
 AUGMENT_FLAGS = ("crop_padding", "crop_fill", "flip_alternate", "color_jitter", "randaugment_ops",
                  "randaugment_magnitude", "random_erasing", "mixup_alpha", "cutmix_alpha")
 # What this command does with the run, not what the run is: never saved in config.yaml

@@ -81,7 +81,7 @@ class Teachers:
     def __init__(self, teachers: list[Teacher], student: Normalizer, recipe: Recipe,
                  autocast: Callable[[], AbstractContextManager], device: torch.device):
         self.teachers, self.student, self.autocast = teachers, student, autocast
-        self.weight, self.temperature = recipe.kd_weight, recipe.kd_temperature
+        self.weight, self.temperature, self.view = recipe.kd_weight, recipe.kd_temperature, recipe.kd_view
         accs = [t.record["val_acc"] for t in teachers]
         shares = accs if recipe.kd_vote == "val_acc" else [1.0] * len(teachers)
         self.shares = [s / sum(shares) for s in shares]
@@ -92,8 +92,10 @@ class Teachers:
     def line(self) -> str:
         teachers = ", ".join(f"{t.record['arch']} {t.record['img_size']} px (val {t.record['val_acc']:.2%}, "
                              f"vote weight {share:.2f})" for t, share in zip(self.teachers, self.shares))
+        view = "the student's augmented batch" if self.view == "same" else "the images before augmentation"
         return (f"distillation: loss = {1 - self.weight:g} x recipe's + {self.weight:g} x T^2 KL(vote || "
-                f"student) at T {self.temperature:g}; {len(self.teachers)} teacher(s): {teachers}")
+                f"student) at T {self.temperature:g}, the teachers seeing {view}; "
+                f"{len(self.teachers)} teacher(s): {teachers}")
 
     def epoch_record(self, images: int, seconds: float) -> dict:
         """The epoch's seconds in the teachers' passes (this process's), and the student's images/s
@@ -132,9 +134,12 @@ class Teachers:
         self.clock.stop(started)
         return vote
 
-    def distilled(self, loss: torch.Tensor, student_logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-        """The recipe's `loss` blended with the distillation term on the same batch."""
-        kd = distillation_loss(student_logits, self.vote(batch), self.temperature)
+    def distilled(self, loss: torch.Tensor, student_logits: torch.Tensor, batch: torch.Tensor,
+                  images: torch.Tensor) -> torch.Tensor:
+        """The recipe's `loss` blended with the distillation term: the teachers vote on the student's
+        augmented `batch`, or with kd_view "clean" on its uint8 `images` before augmentation."""
+        seen = self.student.standardize(images) if self.view == "clean" else batch
+        kd = distillation_loss(student_logits, self.vote(seen), self.temperature)
         return (1 - self.weight) * loss + self.weight * kd
 
     def test_vote(self, accelerator, test: ImageSet, tta: int, batch_size: int) -> dict:

@@ -37,7 +37,7 @@ def train_one_epoch(accelerator, model: nn.Module, optimizer, scheduler, loader,
                 logits = model(augment.resize(batch)).float()
             loss = loss_fn(logits, targets)
             if teachers is not None:
-                loss = teachers.distilled(loss, logits, batch)
+                loss = teachers.distilled(loss, logits, batch, images)
             # fp16's GradScaler skips non-finite steps by itself, so only the other precisions
             # pay a device sync to skip them (NaN gradients would ruin the weights)
             if amp.scaler is not None or not nonfinite_on_any_process(accelerator, loss):

@@ -32,6 +32,11 @@ def teachers_problem(config: RunConfig) -> str | None:
     if config.recipe.needs_teachers and not config.teachers:
         return (f"--level {config.recipe.level} trains a student: give --teachers PATH... (the level 1-4 "
                 "checkpoints or run directories, as ensemble.py --weights takes them)")
+    recipe = config.recipe
+    if config.teachers and recipe.kd_view == "clean" and any(recipe.mixes(p) for p in recipe.phases if p.epochs):
+        return (f"--kd-view clean: --level {recipe.level} mixes images (Mixup/CutMix), and the teachers' vote "
+                "on the unmixed images cannot label a mixed one; use --kd-view same, or --mixup-alpha 0 "
+                "--cutmix-alpha 0")
     return None
 
 
