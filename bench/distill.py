@@ -5,7 +5,7 @@ student taught by the teachers, alternately, all with the same recipe and epochs
 
 Every run is `train.py ... --resume auto` under --out, so a run already finished there is read back, not
 trained again: an interrupted measurement goes on where it stopped, and another student setting
-(--kd-weight, --kd-temperature, --tag) reuses the teachers and the plain runs. Prints, plain and with
+(--tag=-NAME -- --kd-weight A ...) reuses the teachers and the plain runs. Prints, plain and with
 TTA, the mean and standard deviation of the plain runs and of the students, each teacher, and the
 teachers' soft vote on the same test set; and the students' images/s against the plain runs'.
 """
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", nargs="+", default=["4"], help="train.py --epochs, every run")
     parser.add_argument("--teacher-seeds", type=int, nargs="+", default=[101, 102, 103])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="plain runs and students")
-    parser.add_argument("--tag", default="", help="students' name suffix, for another setting")
+    parser.add_argument("--tag", default="", help="students' name suffix, for another setting: "
+                        "--tag=-t2 (with '=', as it starts with '-')")
     parser.add_argument("--every", default="", help="more train.py flags for every run, e.g. "
                         "'--train-limit 400 --batch-size 50' for a quick check of this script")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: students' flags, e.g. "
