@@ -269,7 +269,7 @@ def test_with_kd_view_clean_the_teachers_see_the_images_before_augmentation(teac
     assert yaml.safe_load(config.read_text())["kd_view"] == "clean"
 
 
-
+def autocast_seen() -> tuple:
     """The CPU autocast a forward pass runs under: (on, dtype if on)."""
     on = torch.is_autocast_enabled("cpu")
     return on, torch.get_autocast_dtype("cpu") if on else None
