@@ -68,7 +68,7 @@ class Recipe:
     # distillation from --teachers (train.distill): the loss is (1 - kd_weight) x the recipe's own
     # + kd_weight x T^2 KL(teachers' vote at T || student at T), T = kd_temperature (Hinton et al.)
     kd_weight: float = 0.8
-    kd_temperature: float = 1.0
+    kd_temperature: float = 2.0
     kd_vote: str = "mean"          # the teachers' vote: mean probabilities, or "val_acc"-weighted
     kd_view: str = "same"          # what the teachers see: the student's augmented batch, or "clean":
                                    # the images before augmentation (phases without Mixup/CutMix)
