@@ -269,6 +269,11 @@ def test_with_kd_view_clean_the_teachers_see_the_images_before_augmentation(teac
     assert yaml.safe_load(config.read_text())["kd_view"] == "clean"
 
 
+def first_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """Its first module without children: inside the forward that Accelerate's autocast wraps."""
+    return next(m for m in model.modules() if next(m.children(), None) is None)
+
+
 def autocast_seen() -> tuple:
     """The CPU autocast a forward pass runs under: (on, dtype if on)."""
     on = torch.is_autocast_enabled("cpu")
@@ -288,16 +293,14 @@ def test_teachers_run_in_the_students_precision(precision, expected, teachers, t
 
     def recording_model(*args, **kwargs):
         model = create_model(*args, **kwargs)
-        # on its first layer: Accelerate's autocast wraps the model's forward, inside its hooks
-        first = next(m for m in model.modules() if next(m.children(), None) is None)
-        first.register_forward_pre_hook(lambda *_: seen["student"].append(autocast_seen()))
+        first_layer(model).register_forward_pre_hook(lambda *_: seen["student"].append(autocast_seen()))
         return model
 
     def recording_init(self, taught, *args, **kwargs):
         init(self, taught, *args, **kwargs)
         for teacher in taught:
-            first = next(m for m in teacher.model.modules() if next(m.children(), None) is None)
-            first.register_forward_pre_hook(lambda *_: seen["teachers"].append(autocast_seen()))
+            first_layer(teacher.model).register_forward_pre_hook(
+                lambda *_: seen["teachers"].append(autocast_seen()))
 
     monkeypatch.setattr(trainer, "create_model", recording_model)
     monkeypatch.setattr(Teachers, "__init__", recording_init)
