@@ -39,6 +39,17 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """A recipe's settings for runs of at least `epochs` planned epochs: one row of Recipe.by_epochs.
+    Every row sets every field, so the row a run takes decides them whatever the level's values."""
+
+    epochs: float
+    lr: float                      # every phase's peak learning rate
+    label_smoothing: float
+    whiten_bias_fraction: float
+
+
+@dataclass(frozen=True)
 class Recipe:
     level: str
     title: str
@@ -73,12 +84,43 @@ class Recipe:
     kd_view: str = "same"          # what the teachers see: the student's augmented batch, or "clean":
                                    # the images before augmentation (phases without Mixup/CutMix)
     needs_teachers: bool = False   # level 5: a student, trained only with --teachers
+    # settings that follow the epochs a run plans (--epochs, or what --time-budget buys): the last row
+    # whose `epochs` the run reaches; empty: the fields above whatever the length
+    by_epochs: tuple[Tuning, ...] = ()
+    tuned_for: float | None = None  # the planned epochs a row of by_epochs was taken for
 
     def with_overrides(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def tuned(self, epochs: float, pinned: frozenset[str] = frozenset()) -> "Recipe":
+        """This recipe with the by_epochs row for a run of `epochs` planned epochs; a field named in
+        `pinned` (a train.py flag the user gave: lr, label_smoothing, ...) keeps its value."""
+        rows = [row for row in self.by_epochs if row.epochs <= epochs]
+        if not rows:
+            return self
+        row = rows[-1]
+        changes = {name: getattr(row, name) for name in ("label_smoothing", "whiten_bias_fraction")
+                   if name not in pinned}
+        if "lr" not in pinned:
+            changes["phases"] = tuple(dataclasses.replace(p, lr=row.lr) for p in self.phases)
+        return dataclasses.replace(self, **changes, tuned_for=epochs)
+
+    def tuning_line(self) -> str | None:
+        """What a by_epochs row set, as run (a flag the user gave kept its own value); None: no row."""
+        if self.tuned_for is None:
+            return None
+        row = [row for row in self.by_epochs if row.epochs <= self.tuned_for][-1]
+        lrs = "/".join(f"{p.lr:g}" for p in self.phases)
+        return (f"settings for {self.tuned_for:.2f} planned epochs (the level's row from {row.epochs:g}): "
+                f"lr {lrs}, label smoothing {self.label_smoothing:g}, whitening bias over "
+                f"{self.whiten_bias_fraction:g} of the steps")
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
 
     def mixes(self, phase: Phase) -> bool:
         """Whether Mixup/CutMix runs in `phase`: the phase asks for it and the policy has an alpha."""

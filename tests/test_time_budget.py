@@ -15,8 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cifar10_levels.train import step_hooks
-from cifar10_levels.runtime import step_timing
 from cifar10_levels.runtime import time_budget_probe
 from cifar10_levels.train import trainer
 from cifar10_levels.cli.arguments import duration
@@ -26,13 +24,10 @@ from cifar10_levels.recipes import get_recipe
 from cifar10_levels.runtime.time_budget import RESERVE_FRACTION, BudgetPlan, RunCosts, TrainingLength, \
     phase_steps, training_seconds
 
+from helpers.budget import LR, SMALL, run
 from helpers.commands import TINY_TRAIN
 
-REAL_MEASUREMENT = time_budget_probe.measure_costs
 RUN = "L1-test_resnet-s42"
-# 160 images in batches of 8: 20 steps an epoch
-SMALL = ["--arch", "test_resnet", "--train-limit", "160", "--eval-limit", "20", "--batch-size", "8",
-         "--lr", "1e-2", "1e-2"]
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400),
@@ -120,38 +115,6 @@ def test_a_planned_phase_ends_mid_epoch_and_its_schedule_ends_with_the_plan(grad
     assert unplanned.planned_epochs == sum(p.epochs for p in recipe.phases)
     assert unplanned.scheduler_steps(1) == recipe.phases[1].epochs * 40 // grad_accum
     assert unplanned.limit(whole, 1, 14, 0) is whole
-
-
-def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | None = None,
-        measure: bool = True, replan: bool = False) -> int:
-    """train.py in this process, the plan made from `costs` (after the real measurement when
-    `measure`); `stop_at`: SIGTERM's path (save, exit 143) taken at that global step; `replan`: the
-    trainer re-plans after each epoch as it would (the clock stands still at `costs.spent_seconds`)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    def fake_costs(*probe_args, **probe_kwargs) -> RunCosts:
-        if measure:
-            REAL_MEASUREMENT(*probe_args, **probe_kwargs)
-        return costs
-
-    after_step = step_hooks.StepHooks.after_step
-
-    def stopping_after_step(self, *step_args):
-        if stop_at is not None and self.global_step + 1 == stop_at:
-            self.accelerator.set_trigger()
-        return after_step(self, *step_args)
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(step_timing, "PROBE_SECONDS", 0.2)
-        patch.setattr(time_budget_probe, "measure_costs", fake_costs)
-        patch.setattr(time_budget_probe, "process_seconds", lambda: costs.spent_seconds)
-        if not replan:  # the clock stands still, so re-planning (tested below) would see a run far
-            patch.setattr(trainer, "replan", lambda plan, *pace: plan)  # ahead and lengthen it
-        patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
-        return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
-                           "--mixed-precision", "no", *args])
 
 
 def history(run_dir: Path) -> list[dict]:
@@ -356,7 +319,7 @@ def paced_run(dataset: Path, out: Path, clock, seconds_per_step: float, budget: 
         patch.setattr(time_budget_probe, "measure_costs", lambda *probe_args, **probe_kwargs: costs)
         at_pace(patch, seconds_per_step)
         AcceleratorStateReset()
-        assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL,
+        assert train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *SMALL, *LR,
                            "--mixed-precision", "no", "--epochs", "0", "3", "--time-budget", budget]) == 0
     return json.loads((out / RUN / "results.json").read_text())["time_budget"]
 

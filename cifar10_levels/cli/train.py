@@ -244,11 +244,16 @@ def augment_from_args(augment, args: argparse.Namespace):
     return dataclasses.replace(augment, **changes)
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The RunConfig of parsed train.py arguments: the recipe, and every other flag by its name."""
+def config_from_args(args: argparse.Namespace, pinned: frozenset[str] = frozenset()) -> RunConfig:
+    """The RunConfig of parsed train.py arguments: the recipe, and every other flag by its name.
+    `pinned`: the flags the user gave, which the recipe's settings by epochs leave as they are; those
+    follow --epochs here, or, under --time-budget, the epochs the plan buys (Trainer)."""
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-                if f.name not in ("recipe", "resume", "resume_auto")}
-    return RunConfig(recipe=recipe_from_args(args), **settings)
+                if f.name not in ("recipe", "resume", "resume_auto", "pinned")}
+    recipe = recipe_from_args(args)
+    if not args.time_budget:
+        recipe = recipe.tuned(recipe.epochs, pinned)
+    return RunConfig(recipe=recipe, pinned=pinned, **settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,17 +282,17 @@ def parse_run_config(argv: list[str] | None = None) -> TrainCommand:
     from_file = read_config_file(args.config, parser) if args.config else {}
     args = parse_with_file(parser, from_file, argv)
     command = TrainCommand(None, args.print_config, args.config, frozenset(set(from_file) - given))
+    pinned = frozenset(given | set(from_file))
     with command.blamed():
-        config = config_from_args(args)
+        config = config_from_args(args, pinned)
     resume = resolve_resume(args.resume, config.run_dir)
     saved_file = config.run_dir / CONFIG_NAME
     if resume and saved_file.is_file():
         saved = read_config_file(saved_file, parser)
-        resume_changes(saved, {dest: getattr(args, dest) for dest in given | set(from_file)},
-                       config.run_dir)
+        resume_changes(saved, {dest: getattr(args, dest) for dest in pinned}, config.run_dir)
         args = parse_with_file(parser, {**saved, **from_file, "output_dir": args.output_dir,
                                         "run_name": args.run_name}, argv)
-        config = config_from_args(args)
+        config = config_from_args(args, pinned | set(saved))
     config = dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto")
     return dataclasses.replace(command, config=config)
 

@@ -17,7 +17,7 @@ RECIPE_FLAGS = ("level", "arch", "img_size", "batch_size", "weight_decay", "labe
 AUGMENT_FLAGS = ("crop_padding", "crop_fill", "flip_alternate", "color_jitter", "randaugment_ops",
                  "randaugment_magnitude", "random_erasing", "mixup_alpha", "cutmix_alpha")
 # What this command does with the run, not what the run is: never saved in config.yaml
-INVOCATION_FIELDS = ("resume", "resume_auto", "overwrite")
+INVOCATION_FIELDS = ("resume", "resume_auto", "overwrite", "pinned")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ class RunConfig:
     resume: bool = False                 # continue the run saved in run_dir
     resume_auto: bool = False            # --resume auto: `resume` was decided by the run directory
     overwrite: bool = False              # replace the run already in run_dir
+    pinned: frozenset[str] = frozenset()  # flags the user gave (command line, --config, a resumed
+                                          # run's config.yaml): the recipe's by_epochs leaves them
 
     @property
     def run_dir(self) -> Path:

@@ -1,6 +1,7 @@
 """A whole run, phase by phase: each epoch trained, validated and checkpointed, then the test set."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -129,10 +130,20 @@ class Trainer:
                                  grad_accum=config.grad_accum, train_batches=len(self.train_loader),
                                  images_per_step=self.global_batch, run_dir=self.run_dir)
             self.state.budget_plan = self.plan.to_dict()
+            self._tune_for(sum(self.plan.steps) / self.plan.steps_per_epoch)
         else:
             self.plan = None
         self.replans = self.plan is not None and not config.resume
         self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
+
+    def _tune_for(self, epochs: float) -> None:
+        """The recipe's settings for the epochs the plan bought (Recipe.by_epochs), taken once, before
+        training: the augmentation and losses are made again with them; re-plans change the length only."""
+        tuned = self.recipe.tuned(epochs, self.config.pinned)
+        if tuned != self.recipe:
+            self.recipe = self.store.recipe = tuned
+            self.config = dataclasses.replace(self.config, recipe=tuned)
+            self._setup_augmentation()
 
     def _setup_logging(self) -> None:
         """The slow-run warning, the run log with the configuration its trackers record, and the step
@@ -238,6 +249,8 @@ class Trainer:
         for planned in (self.amp.measured, self.plan):
             if planned is not None:
                 self.print(planned.line())
+        if tuning := recipe.tuning_line():
+            self.print(tuning)
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
         if self.teachers is not None:
