@@ -89,3 +89,12 @@ def test_a_resumed_budget_run_keeps_its_row_when_a_new_plan_would_take_another(l
     assert run(tiny_cifar, tmp_path, slower, *PLANNED, "--resume", measure=False, small=SMALL) == 0
     recipe = json.loads((tmp_path / RUN / "results.json").read_text())["recipe"]
     assert [p["lr"] for p in recipe["phases"]] == [3e-3, 3e-3] and recipe["label_smoothing"] == 0.1
+
+
+def test_help_lists_each_levels_rows(level_with_rows):
+    from cifar10_levels.cli.train import levels_table
+
+    table = levels_table()
+    assert "level 1, from 2 planned epochs (--epochs, or what --time-budget buys): lr 0.003, smooth 0.1, " \
+           "whitening bias over 0.5 of the steps" in table
+    assert "level 1, from 3.5 planned epochs" in table

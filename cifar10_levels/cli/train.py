@@ -47,9 +47,15 @@ def levels_table() -> str:
                      ", ".join(x for x in augment if x)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    by_epochs = [f"level {name}, from {row.epochs:g} planned epochs (--epochs, or what --time-budget "
+                 f"buys): lr {row.lr:g}, smooth {row.label_smoothing:g}, whitening bias over "
+                 f"{row.whiten_bias_fraction:g} of the steps"
+                 for name, r in LEVELS.items() for row in r.by_epochs]
     return ("what each level sets (a flag given on the command line replaces that value; phase "
             "'head' trains the classifier only, 'full' all layers, '+mix' with Mixup/CutMix):\n  "
-            + "\n  ".join(lines))
+            + "\n  ".join(lines)
+            + ("\nsettings that follow the epochs a run plans (a flag given keeps its value):\n  "
+               + "\n  ".join(by_epochs) if by_epochs else ""))
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -250,10 +256,8 @@ def config_from_args(args: argparse.Namespace, pinned: frozenset[str] = frozense
     follow --epochs here, or, under --time-budget, the epochs the plan buys (Trainer)."""
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
                 if f.name not in ("recipe", "resume", "resume_auto", "pinned")}
-    recipe = recipe_from_args(args)
-    if not args.time_budget:
-        recipe = recipe.tuned(recipe.epochs, pinned)
-    return RunConfig(recipe=recipe, pinned=pinned, **settings)
+    config = RunConfig(recipe=recipe_from_args(args), pinned=pinned, **settings)
+    return config if args.time_budget else config.tuned_for(config.recipe.epochs)
 
 
 @dataclasses.dataclass(frozen=True)

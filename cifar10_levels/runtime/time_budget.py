@@ -174,6 +174,12 @@ class BudgetPlan:
                 f"{c.final_eval_seconds:.1f}s, {c.spent_seconds:.0f}s before training; planned end at "
                 f"{format_duration(self.planned_seconds)})")
 
+    def change_line(self, before: "BudgetPlan", phase: int) -> str:
+        """What a re-plan from `before` changed, on the console."""
+        pace = "slower" if self.steps[phase] < before.steps[phase] else "faster"
+        return (f"time budget: {pace} than planned; now {self.epochs(phase):.2f} epochs of this phase "
+                f"({self.steps[phase]} steps), planned end at {format_duration(self.planned_seconds)}")
+
     def results(self, process_seconds: float, resumed: bool) -> dict:
         """results.json's record of the plan against what happened."""
         return {"budget_seconds": self.budget_seconds, "planned_seconds": self.planned_seconds,

@@ -51,8 +51,9 @@ class RunConfig:
     resume: bool = False                 # continue the run saved in run_dir
     resume_auto: bool = False            # --resume auto: `resume` was decided by the run directory
     overwrite: bool = False              # replace the run already in run_dir
-    pinned: frozenset[str] = frozenset()  # flags the user gave (command line, --config, a resumed
-                                          # run's config.yaml): the recipe's by_epochs leaves them
+    # flags the user gave (command line, --config, a resumed run's config.yaml), which the recipe's
+    # by_epochs leaves as they are; how a config was asked for, not what it trains: not compared
+    pinned: frozenset[str] = dataclasses.field(default=frozenset(), compare=False)
 
     @property
     def run_dir(self) -> Path:
@@ -61,6 +62,11 @@ class RunConfig:
     @property
     def name(self) -> str:
         return run_name(self.recipe, self.run_name)
+
+    def tuned_for(self, epochs: float) -> "RunConfig":
+        """This run with its recipe's settings for `epochs` planned epochs (Recipe.by_epochs); the flags
+        the user gave keep their values."""
+        return dataclasses.replace(self, recipe=self.recipe.tuned(epochs, self.pinned))
 
     def to_dict(self) -> dict:
         """config.yaml's content: every flag's value, the level's included (train.py --config reads it)."""

@@ -1,7 +1,6 @@
 """A whole run, phase by phase: each epoch trained, validated and checkpointed, then the test set."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -25,7 +24,7 @@ from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
 from ..recipes import Phase
 from ..runtime.time_budget import TrainingLength
 from ..runtime.time_budget_probe import ProbeParts, process_seconds, replan, resumed_plan, run_plan
-from ..tracking.console import SlowRunWarning, epoch_line, format_duration
+from ..tracking.console import SlowRunWarning, epoch_line
 from ..tracking.hardware import hardware_name
 from ..tracking.plots import plot_reliability
 from ..tracking.results import make_results, results_text
@@ -117,8 +116,8 @@ class Trainer:
         self.stop = StopFlag(self.accelerator)
 
     def _setup_budget(self) -> None:
-        """--time-budget: the steps that fit, measured now, or on --resume the plan saved with the run;
-        and how long each phase trains. A resumed plan is kept as it is: the new process's clock
+        """--time-budget: the steps that fit, measured now (and the recipe's settings for the epochs
+        they buy), or on --resume the plan saved with the run; and how long each phase trains. A resumed plan is kept as it is: the new process's clock
         cannot tell the time left."""
         config = self.config
         if config.resume:
@@ -130,20 +129,14 @@ class Trainer:
                                  grad_accum=config.grad_accum, train_batches=len(self.train_loader),
                                  images_per_step=self.global_batch, run_dir=self.run_dir)
             self.state.budget_plan = self.plan.to_dict()
-            self._tune_for(sum(self.plan.steps) / self.plan.steps_per_epoch)
+            tuned = config.tuned_for(sum(self.plan.steps) / self.plan.steps_per_epoch)
+            if tuned != config:  # the settings for the epochs bought, once: re-plans change the length only
+                self.config, self.recipe, self.store.recipe = tuned, tuned.recipe, tuned.recipe
+                self._setup_augmentation()  # the augmentation and losses with them
         else:
             self.plan = None
         self.replans = self.plan is not None and not config.resume
         self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
-
-    def _tune_for(self, epochs: float) -> None:
-        """The recipe's settings for the epochs the plan bought (Recipe.by_epochs), taken once, before
-        training: the augmentation and losses are made again with them; re-plans change the length only."""
-        tuned = self.recipe.tuned(epochs, self.config.pinned)
-        if tuned != self.recipe:
-            self.recipe = self.store.recipe = tuned
-            self.config = dataclasses.replace(self.config, recipe=tuned)
-            self._setup_augmentation()
 
     def _setup_logging(self) -> None:
         """The slow-run warning, the run log with the configuration its trackers record, and the step
@@ -246,11 +239,10 @@ class Trainer:
         self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
                    f"{self.config.grad_accum} accumulation = global batch {self.global_batch}")
-        for planned in (self.amp.measured, self.plan):
-            if planned is not None:
-                self.print(planned.line())
-        if tuning := recipe.tuning_line():
-            self.print(tuning)
+        for line in (self.amp.measured and self.amp.measured.line(), self.plan and self.plan.line(),
+                     recipe.tuning_line()):
+            if line:
+                self.print(line)
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
                    f"test {len(self.data.test)}")
         if self.teachers is not None:
@@ -348,12 +340,9 @@ class Trainer:
         --resume: the new process's clock cannot tell the time left, so it keeps the saved plan.)"""
         plan = replan(self.plan, index, self.state.epoch + 1, stats.images, stats.seconds, self.accelerator)
         if plan is not self.plan:
-            pace = "slower" if plan.steps[index] < self.plan.steps[index] else "faster"
+            self.print(plan.change_line(self.plan, index))
             self.plan = self.length.plan = plan
             self.state.budget_plan = plan.to_dict()
-            self.print(f"time budget: {pace} than planned; now {plan.epochs(index):.2f} epochs of this "
-                       f"phase ({plan.steps[index]} steps), planned end at "
-                       f"{format_duration(plan.planned_seconds)}")
 
     def log_epoch(self, phase: Phase, stats: EpochStats, val: EvalResult, val_ema: EvalResult | None,
                   improved: bool) -> None:
