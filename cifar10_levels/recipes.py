@@ -49,6 +49,9 @@ class Tuning:
     whiten_bias_fraction: float
 
 
+TUNED_FIELDS = ("label_smoothing", "whiten_bias_fraction")  # a Tuning's fields besides lr, as Recipe's
+
+
 @dataclass(frozen=True)
 class Recipe:
     level: str
@@ -95,15 +98,18 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def row_for(self, epochs: float) -> Tuning | None:
+        """The by_epochs row a run of `epochs` planned epochs takes: the last one it reaches."""
+        rows = [row for row in self.by_epochs if row.epochs <= epochs]
+        return rows[-1] if rows else None
+
     def tuned(self, epochs: float, pinned: frozenset[str] = frozenset()) -> "Recipe":
         """This recipe with the by_epochs row for a run of `epochs` planned epochs; a field named in
         `pinned` (a train.py flag the user gave: lr, label_smoothing, ...) keeps its value."""
-        rows = [row for row in self.by_epochs if row.epochs <= epochs]
-        if not rows:
+        row = self.row_for(epochs)
+        if row is None or {"lr", *TUNED_FIELDS} <= pinned:
             return self
-        row = rows[-1]
-        changes = {name: getattr(row, name) for name in ("label_smoothing", "whiten_bias_fraction")
-                   if name not in pinned}
+        changes = {name: getattr(row, name) for name in TUNED_FIELDS if name not in pinned}
         if "lr" not in pinned:
             changes["phases"] = tuple(dataclasses.replace(p, lr=row.lr) for p in self.phases)
         return dataclasses.replace(self, **changes, tuned_for=epochs)
@@ -112,11 +118,10 @@ class Recipe:
         """What a by_epochs row set, as run (a flag the user gave kept its own value); None: no row."""
         if self.tuned_for is None:
             return None
-        row = [row for row in self.by_epochs if row.epochs <= self.tuned_for][-1]
         lrs = "/".join(f"{p.lr:g}" for p in self.phases)
-        return (f"settings for {self.tuned_for:.2f} planned epochs (the level's row from {row.epochs:g}): "
-                f"lr {lrs}, label smoothing {self.label_smoothing:g}, whitening bias over "
-                f"{self.whiten_bias_fraction:g} of the steps")
+        return (f"settings for {self.tuned_for:.2f} planned epochs (the level's row from "
+                f"{self.row_for(self.tuned_for).epochs:g}): lr {lrs}, label smoothing "
+                f"{self.label_smoothing:g}, whitening bias over {self.whiten_bias_fraction:g} of the steps")
 
     @property
     def epochs(self) -> int:

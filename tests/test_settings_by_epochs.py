@@ -98,3 +98,8 @@ def test_help_lists_each_levels_rows(level_with_rows):
     assert "level 1, from 2 planned epochs (--epochs, or what --time-budget buys): lr 0.003, smooth 0.1, " \
            "whitening bias over 0.5 of the steps" in table
     assert "level 1, from 3.5 planned epochs" in table
+
+
+def test_a_row_whose_every_value_the_user_gave_leaves_the_recipe_as_it_is():
+    recipe = LEVELS["1"].with_overrides(by_epochs=(SHORT,))
+    assert recipe.tuned(5, frozenset({"lr", "label_smoothing", "whiten_bias_fraction"})) == recipe
