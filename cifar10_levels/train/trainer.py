@@ -117,8 +117,8 @@ class Trainer:
 
     def _setup_budget(self) -> None:
         """--time-budget: the steps that fit, measured now (and the recipe's settings for the epochs
-        they buy), or on --resume the plan saved with the run; and how long each phase trains. A resumed plan is kept as it is: the new process's clock
-        cannot tell the time left."""
+        they buy), or on --resume the plan saved with the run, kept as it is (the new process's clock
+        cannot tell the time left); and how long each phase trains."""
         config = self.config
         if config.resume:
             self.plan = resumed_plan(self.state.budget_plan, config.time_budget, self.run_dir)

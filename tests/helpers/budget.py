@@ -44,8 +44,8 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
         patch.setattr(step_timing, "PROBE_SECONDS", 0.2)
         patch.setattr(time_budget_probe, "measure_costs", fake_costs)
         patch.setattr(time_budget_probe, "process_seconds", lambda: costs.spent_seconds)
-        if not replan:  # the clock stands still, so re-planning (tested below) would see a run far
-            patch.setattr(trainer, "replan", lambda plan, *pace: plan)  # ahead and lengthen it
+        if not replan:  # the clock stands still, so re-planning (test_time_budget's own tests)
+            patch.setattr(trainer, "replan", lambda plan, *pace: plan)  # would see a run far ahead
         patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
         return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *small,
                            "--mixed-precision", "no", *args])
