@@ -53,6 +53,15 @@ TUNED_FIELDS = ("label_smoothing", "whiten_bias_fraction")  # a Tuning's fields 
 
 
 @dataclass(frozen=True)
+class BudgetNet:
+    """Recipe.budget_net: the net a --time-budget run trains where the plan buys the recipe's own
+    fewer than `below_epochs` epochs (a narrower one, which trains more epochs in the same time)."""
+
+    below_epochs: float
+    arch: str
+
+
+@dataclass(frozen=True)
 class Recipe:
     level: str
     title: str
@@ -91,6 +100,7 @@ class Recipe:
     # whose `epochs` the run reaches; empty: the fields above whatever the length
     by_epochs: tuple[Tuning, ...] = ()
     tuned_for: float | None = None  # the planned epochs a row of by_epochs was taken for
+    budget_net: BudgetNet | None = None
 
     def with_overrides(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -113,6 +123,15 @@ class Recipe:
         if "lr" not in pinned:
             changes["phases"] = tuple(dataclasses.replace(p, lr=row.lr) for p in self.phases)
         return dataclasses.replace(self, **changes, tuned_for=epochs)
+
+    def net_for_budget(self, epochs: float, pinned: frozenset[str] = frozenset()) -> str | None:
+        """The net a --time-budget run trains instead of `arch` when the plan buys `arch` `epochs`
+        epochs; None: its own (no budget_net, the budget buys enough, or --arch or --pretrained-file
+        given)."""
+        net = self.budget_net
+        if net is None or epochs >= net.below_epochs or {"arch", "pretrained_file"} & pinned:
+            return None
+        return net.arch
 
     def tuning_line(self) -> str | None:
         """What a by_epochs row set, as run (a flag the user gave kept its own value); None: no row."""
@@ -163,6 +182,9 @@ LEVELS: dict[str, Recipe] = {
                    label_smoothing=0.2, tta=6, tta_scheme="shift1", batch_size=500, weight_decay=0.001,
                    optimizer="fast", schedule="linear", warmup_epochs=0, pretrained=False,
                    channels_last_cpu=True,
+                   # ahead by 0.4 points at 10 minutes, where the budget bought the default net
+                   # 4.7-5 epochs; behind at 20 minutes, 10 epochs (docs/benchmarks.md)
+                   budget_net=BudgetNet(below_epochs=7, arch="cifar_speednet_m"),
                    mean=CIFAR10_MEAN, std=CIFAR10_STD, target=">= 89.5% in 10 min on 2 CPU cores"),
 }
 # the level-4 student (its net, augmentation and schedule) taught by the ensemble of levels 1-4

@@ -51,6 +51,9 @@ def levels_table() -> str:
                  f"buys): lr {row.lr:g}, smooth {row.label_smoothing:g}, whitening bias over "
                  f"{row.whiten_bias_fraction:g} of the steps"
                  for name, r in LEVELS.items() for row in r.by_epochs]
+    by_epochs += [f"level {name}, where --time-budget buys {r.arch} fewer than {r.budget_net.below_epochs:g} "
+                  f"epochs: the net {r.budget_net.arch} (a given --arch keeps its net)"
+                  for name, r in LEVELS.items() if r.budget_net]
     return ("what each level sets (a flag given on the command line replaces that value; phase "
             "'head' trains the classifier only, 'full' all layers, '+mix' with Mixup/CutMix):\n  "
             + "\n  ".join(lines)
@@ -294,8 +297,9 @@ def parse_run_config(argv: list[str] | None = None) -> TrainCommand:
     if resume and saved_file.is_file():
         saved = read_config_file(saved_file, parser)
         resume_changes(saved, {dest: getattr(args, dest) for dest in pinned}, config.run_dir)
+        named = args.run_name or (config.name if saved.get("run_name") else None)  # where it was found
         args = parse_with_file(parser, {**saved, **from_file, "output_dir": args.output_dir,
-                                        "run_name": args.run_name}, argv)
+                                        "run_name": named}, argv)
         config = config_from_args(args, pinned | set(saved))
     config = dataclasses.replace(config, resume=resume, resume_auto=args.resume == "auto")
     return dataclasses.replace(command, config=config)

@@ -90,6 +90,9 @@ class BudgetPlan:
     costs: RunCosts
     first_steps: tuple[int, ...] = ()  # the steps first planned, once the run has re-planned
     end_seconds: float | None = None   # the process's planned end, once the run has re-planned
+    # (net, epochs): the recipe's own net and the epochs the budget bought it, where the run trains
+    # Recipe.budget_net instead
+    instead_of: tuple[str, float] = ()
 
     @classmethod
     def make(cls, budget_seconds: float, recipe: Recipe, steps_per_epoch: int, images_per_step: int,
@@ -109,6 +112,11 @@ class BudgetPlan:
 
     def epochs(self, phase: int) -> float:
         return self.steps[phase] / self.steps_per_epoch
+
+    @property
+    def total_epochs(self) -> float:
+        """Epochs the run trains, a planned last partial epoch as its fraction."""
+        return sum(self.steps) / self.steps_per_epoch
 
     def replanned(self, phase: int, steps_done: int, seconds_per_step: float,
                   seconds_left: float) -> "BudgetPlan":
@@ -174,6 +182,14 @@ class BudgetPlan:
                 f"{c.final_eval_seconds:.1f}s, {c.spent_seconds:.0f}s before training; planned end at "
                 f"{format_duration(self.planned_seconds)})")
 
+    def net_line(self, recipe: Recipe) -> str | None:
+        """Why the run trains recipe.budget_net, on the console; None where it trains its own net."""
+        if not self.instead_of:
+            return None
+        net, epochs = self.instead_of
+        return (f"net: {recipe.arch}, not the level's {net}: the budget buys {net} {epochs:.2f} epochs, "
+                f"fewer than the {recipe.budget_net.below_epochs:g} from which it trains better")
+
     def change_line(self, before: "BudgetPlan", phase: int) -> str:
         """What a re-plan from `before` changed, on the console."""
         pace = "slower" if self.steps[phase] < before.steps[phase] else "faster"
@@ -187,7 +203,9 @@ class BudgetPlan:
                 "planned_steps": dict(zip(self.phase_names, self.steps)),
                 "first_planned_steps": dict(zip(self.phase_names, self.first_steps or self.steps)),
                 "planned_epochs": {n: self.epochs(i) for i, n in enumerate(self.phase_names)},
-                "train_images_per_s": self.train_images_per_s, "costs": asdict(self.costs)}
+                "train_images_per_s": self.train_images_per_s, "costs": asdict(self.costs),
+                **({"instead_of": {"arch": self.instead_of[0], "planned_epochs": self.instead_of[1]}}
+                   if self.instead_of else {})}
 
 
 class TrainingLength:
@@ -209,9 +227,7 @@ class TrainingLength:
     @property
     def planned_epochs(self) -> float:
         """Epochs the run trains, a planned last partial epoch as its fraction (for the ETA)."""
-        if self.plan is None:
-            return float(self.total_epochs)
-        return sum(self.plan.steps) / self.plan.steps_per_epoch
+        return float(self.total_epochs) if self.plan is None else self.plan.total_epochs
 
     def scheduler_steps(self, phase: int) -> int:
         """The schedule's length; Accelerate's scheduler wrapper steps once per process per step."""

@@ -68,6 +68,12 @@ class RunConfig:
         the user gave keep their values."""
         return dataclasses.replace(self, recipe=self.recipe.tuned(epochs, self.pinned))
 
+    def with_net(self, arch: str) -> "RunConfig":
+        """This run training `arch` (Recipe.budget_net), under the name and in the directory its
+        command gave it: the same command finds it again (--resume auto)."""
+        return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, arch=arch),
+                                   run_name=self.name)
+
     def to_dict(self) -> dict:
         """config.yaml's content: every flag's value, the level's included (train.py --config reads it)."""
         r = self.recipe

@@ -1,4 +1,4 @@
-"""Setting up a run: the Accelerator and the checks only it can make, the model's memory layout,
+"""Setting up a run: the Accelerator and the checks only it can make, the model,
 the losses and the three loaders."""
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 
+from ..checkpoint.file_checks import check_pretrained_file
 from ..data.cifar10 import CIFAR10, make_loader
 from ..errors import UserError
+from ..models.factory import create_model
 from .config import RunConfig
 from ..runtime.precision import Amp, default_precision
 from ..runtime.precision_probe import PrecisionVerdict, agreed_cpu_precision
@@ -79,11 +81,17 @@ def uses_channels_last(config: RunConfig, device: torch.device) -> bool:
     return device.type == "cuda" or config.recipe.channels_last_cpu
 
 
-def ready_model(model: nn.Module, data: CIFAR10, channels_last: bool) -> nn.Module:
-    """A data-initialised model (cifar_speednet's whitening) in the run's memory layout."""
+def make_model(config: RunConfig, data: CIFAR10) -> nn.Module:
+    """The run's model, seeded (the same initial weights on every process and world size), data-
+    initialised (cifar_speednet's whitening) and in the run's memory layout."""
+    recipe = config.recipe
+    set_seed(recipe.seed)
+    if config.pretrained_file:  # before timm reads it: no pickle, and one of ours must fit the run
+        check_pretrained_file(config.pretrained_file, recipe.arch, len(data.class_names))
+    model = create_model(recipe.arch, len(data.class_names), recipe.pretrained, config.pretrained_file)
     if hasattr(model, "init_from_data"):
         model.init_from_data(data.train.images)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
 def make_losses(recipe: Recipe) -> tuple[nn.Module, nn.Module]:

@@ -1,6 +1,7 @@
 """A whole run, phase by phase: each epoch trained, validated and checkpointed, then the test set."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -9,7 +10,6 @@ from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
 from ..checkpoint.run_dir import RESULTS_NAME, STATE_DIR
-from ..checkpoint.file_checks import check_pretrained_file
 from ..checkpoint.run_store import RunStore, make_checkpoint_meta, on_every_process
 from ..checkpoint.train_state import TrainState
 from ..data.augment import TrainAugment
@@ -19,10 +19,10 @@ from ..errors import UserError
 from ..evaluation.evaluate import EvalResult, evaluate
 from ..evaluation.metrics import reliability_bins
 from ..files import write_json
-from ..models.factory import count_parameters, create_model, set_backbone_trainable, set_train_mode
+from ..models.factory import count_parameters, set_backbone_trainable, set_train_mode
 from ..optim.factory import build_optimizer, build_scheduler, scaled_lr
 from ..recipes import Phase
-from ..runtime.time_budget import TrainingLength
+from ..runtime.time_budget import BudgetPlan, TrainingLength
 from ..runtime.time_budget_probe import ProbeParts, process_seconds, replan, resumed_plan, run_plan
 from ..tracking.console import SlowRunWarning, epoch_line
 from ..tracking.hardware import hardware_name
@@ -34,7 +34,7 @@ from .distill import load_teachers, same_teachers, with_teachers
 from .ema import final_weights, make_ema
 from .loop import EpochStats, train_one_epoch
 from .preflight import batch_too_large
-from .setup import make_accelerator, make_loaders, make_losses, ready_model
+from .setup import make_accelerator, make_loaders, make_losses, make_model
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
 
 
@@ -64,6 +64,7 @@ class Trainer:
         """The Accelerator and its precision (written into the config), the store of checkpoints and state."""
         self.run_dir = self.config.run_dir
         self.accelerator, self.amp, self.config = make_accelerator(self.config)
+        self.hardware = hardware_name(self.accelerator)
         self.store = RunStore(self.accelerator, self.run_dir, self.config.overwrite, self.recipe)
         if self.config.resume or self.config.resume_auto:
             self.store.check_resumable(auto=self.config.resume_auto)
@@ -83,15 +84,9 @@ class Trainer:
                                       self.amp.unprepared_autocast) if self.config.teachers else None
 
     def _setup_model(self) -> None:
-        recipe, config = self.recipe, self.config
-        set_seed(recipe.seed)  # the same initial weights on every process and world size
-        if config.pretrained_file:  # before timm reads it: no pickle, and one of ours must fit the run
-            check_pretrained_file(config.pretrained_file, recipe.arch, len(self.data.class_names))
-        model = create_model(recipe.arch, len(self.data.class_names), recipe.pretrained,
-                             config.pretrained_file)
-        self.model = self.base_model = ready_model(model, self.data, config.channels_last)
+        self.model = self.base_model = make_model(self.config, self.data)
         self.num_params = count_parameters(self.base_model)
-        self.ema = self.store.ema = make_ema(self.accelerator, self.base_model, recipe.ema_decay)
+        self.ema = self.store.ema = make_ema(self.accelerator, self.base_model, self.recipe.ema_decay)
 
     def _setup_augmentation(self) -> None:
         """Normalisation, the training augmentation and the losses, after the per-process seed."""
@@ -108,42 +103,53 @@ class Trainer:
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
 
     def _setup_state(self) -> None:
-        """Where the run starts: on --resume where it was saved, else at the beginning; and the flag
-        SIGTERM/SIGINT raise."""
+        """Where the run starts (on --resume, where it was saved), and the flag SIGTERM/SIGINT raise."""
         self.state = self.store.load_train_state() if self.config.resume else TrainState()
         self.saved_state_to_load = self.store.state_dir if self.config.resume else None
         self.state.teachers_sha256 = same_teachers(self.state, self.teachers, self.config)
         self.stop = StopFlag(self.accelerator)
 
     def _setup_budget(self) -> None:
-        """--time-budget: the steps that fit, measured now (and the recipe's settings for the epochs
-        they buy), or on --resume the plan saved with the run, kept as it is (the new process's clock
-        cannot tell the time left); and how long each phase trains."""
+        """--time-budget: the steps that fit, the net that trains best in them (Recipe.budget_net) and
+        the recipe's settings for the epochs they buy; on --resume the plan saved with the run, as it
+        is (the new process's clock cannot tell the time left); and how long each phase trains."""
         config = self.config
         if config.resume:
             self.plan = resumed_plan(self.state.budget_plan, config.time_budget, self.run_dir)
         elif config.time_budget:
-            parts = ProbeParts(self.base_model, self.data, with_teachers(self.augment, self.teachers),
-                               self.normalize, self.hard_loss, self.amp.name, self.val_loader.batch_size)
-            self.plan = run_plan(parts, self.recipe, self.accelerator, budget_seconds=config.time_budget,
-                                 grad_accum=config.grad_accum, train_batches=len(self.train_loader),
-                                 images_per_step=self.global_batch, run_dir=self.run_dir)
+            self.plan = self.budget_plan()
+            bought = (self.recipe.arch, self.plan.total_epochs)
+            if arch := self.recipe.net_for_budget(bought[1], config.pinned):
+                self.adopt(config.with_net(arch), new_model=True)
+                self.plan = dataclasses.replace(self.budget_plan(), instead_of=bought)
             self.state.budget_plan = self.plan.to_dict()
-            tuned = config.tuned_for(sum(self.plan.steps) / self.plan.steps_per_epoch)
-            if tuned != config:  # the settings for the epochs bought, once: re-plans change the length only
-                self.config, self.recipe, self.store.recipe = tuned, tuned.recipe, tuned.recipe
-                self._setup_augmentation()  # the augmentation and losses with them
+            self.adopt(self.config.tuned_for(self.plan.total_epochs))  # once: re-plans change the length only
         else:
             self.plan = None
         self.replans = self.plan is not None and not config.resume
         self.length = TrainingLength(self.recipe, len(self.train_loader), config.grad_accum, self.plan)
+
+    def budget_plan(self) -> BudgetPlan:
+        parts = ProbeParts(self.base_model, self.data, with_teachers(self.augment, self.teachers),
+                           self.normalize, self.hard_loss, self.amp.name, self.val_loader.batch_size)
+        return run_plan(parts, self.recipe, self.accelerator, budget_seconds=self.config.time_budget,
+                        grad_accum=self.config.grad_accum, train_batches=len(self.train_loader),
+                        images_per_step=self.global_batch, run_dir=self.run_dir)
+
+    def adopt(self, config: RunConfig, new_model: bool = False) -> None:
+        """`config` from here on: its net built anew when `new_model`, its augmentation and losses."""
+        if config != self.config or new_model:
+            self.config, self.recipe, self.store.recipe = config, config.recipe, config.recipe
+            if new_model:
+                self._setup_model()
+            self._setup_augmentation()
 
     def _setup_logging(self) -> None:
         """The slow-run warning, the run log with the configuration its trackers record, and the step
         hooks that report to them and count the steps."""
         config, accelerator = self.config, self.accelerator
         total_steps = self.length.total_epochs * len(self.train_loader) // accelerator.num_processes
-        self.warn_if_slow = SlowRunWarning(total_steps, self.device_name(), self.print)
+        self.warn_if_slow = SlowRunWarning(total_steps, self.hardware, self.print)
         teachers = {"teachers": self.teachers.records} if self.teachers else {}
         tracked = run_config({**config.to_dict(), **teachers}, self.recipe, accelerator, self.data,
                              global_batch=self.global_batch, resumed=config.resume,
@@ -159,9 +165,6 @@ class Trainer:
     def print(self, *args) -> None:
         if self.accelerator.is_main_process:  # accelerator.print prints once per machine
             print(*args, flush=True)
-
-    def device_name(self) -> str:
-        return hardware_name(self.accelerator)
 
     def save_state(self) -> None:
         """The one path that saves the resume state."""
@@ -236,11 +239,11 @@ class Trainer:
     def print_setup(self) -> None:
         recipe, accelerator = self.recipe, self.accelerator
         self.print(f"recipe: {json.dumps(recipe.to_dict())}")
-        self.print(f"hardware: {self.device_name()}, precision {self.amp.name}; "
+        self.print(f"hardware: {self.hardware}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
                    f"{self.config.grad_accum} accumulation = global batch {self.global_batch}")
         for line in (self.amp.measured and self.amp.measured.line(), self.plan and self.plan.line(),
-                     recipe.tuning_line()):
+                     self.plan and self.plan.net_line(recipe), recipe.tuning_line()):
             if line:
                 self.print(line)
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
@@ -374,16 +377,13 @@ class Trainer:
                          autocast=self.amp.autocast)
         test, tta = views.plain(), (views if recipe.tta > 1 else None)
         results = make_results(recipe, self.data, state, test, tta, seconds=seconds,
-                               num_params=self.num_params, hardware=self.device_name(),
+                               num_params=self.num_params, hardware=self.hardware,
                                precision=self.amp.name, num_processes=accelerator.num_processes,
                                global_batch=self.global_batch)
-        results["wandb_url"] = self.log.wandb_url
-        if final:
-            results["final_weights"] = final
-        results["precision_probe"] = self.amp.measured and self.amp.measured.record()
-        results["time_budget"] = self.plan and self.plan.results(process_seconds(), self.config.resume)
-        results["checkpoint_every"] = self.config.checkpoint_every
-        results["config"] = self.config.to_dict()
+        results.update(wandb_url=self.log.wandb_url, **({"final_weights": final} if final else {}),
+                       precision_probe=self.amp.measured and self.amp.measured.record(),
+                       time_budget=self.plan and self.plan.results(process_seconds(), self.config.resume),
+                       checkpoint_every=self.config.checkpoint_every, config=self.config.to_dict())
         if self.teachers:
             results["teachers"] = self.teachers.records
             results["teachers_vote"] = self.teachers.test_vote(accelerator, self.data.test, recipe.tta,
