@@ -54,7 +54,8 @@ def test_a_budget_too_short_for_the_levels_net_trains_the_budget_net_as_its_arch
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["arch"] == "test_efficientnet" and saved["run_name"] == RUN
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["time_budget"]["instead_of"] == {"arch": "test_resnet", "planned_epochs": pytest.approx(2.9)}
+    assert results["time_budget"]["instead_of"] == {"arch": "test_resnet",
+                                                    "planned_epochs": pytest.approx(2.9)}
     assert results["config"]["arch"] == "test_efficientnet"
     assert read_meta(run_dir / "best.safetensors").arch == "test_efficientnet"
 

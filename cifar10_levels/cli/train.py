@@ -47,18 +47,18 @@ def levels_table() -> str:
                      ", ".join(x for x in augment if x)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
-    by_epochs = [f"level {name}, from {row.epochs:g} planned epochs (--epochs, or what --time-budget "
-                 f"buys): lr {row.lr:g}, smooth {row.label_smoothing:g}, whitening bias over "
-                 f"{row.whiten_bias_fraction:g} of the steps"
-                 for name, r in LEVELS.items() for row in r.by_epochs]
-    by_epochs += [f"level {name}, where --time-budget buys {r.arch} fewer than {r.budget_net.below_epochs:g} "
-                  f"epochs: the net {r.budget_net.arch} (a given --arch keeps its net)"
-                  for name, r in LEVELS.items() if r.budget_net]
+    follow = [f"level {name}, from {row.epochs:g} planned epochs (--epochs, or what --time-budget "
+              f"buys): lr {row.lr:g}, smooth {row.label_smoothing:g}, whitening bias over "
+              f"{row.whiten_bias_fraction:g} of the steps"
+              for name, r in LEVELS.items() for row in r.by_epochs]
+    follow += [f"level {name}, where --time-budget buys {r.arch} fewer than {r.budget_net.below_epochs:g} "
+               f"epochs: the net {r.budget_net.arch} (a given --arch keeps its net)"
+               for name, r in LEVELS.items() if r.budget_net]
     return ("what each level sets (a flag given on the command line replaces that value; phase "
             "'head' trains the classifier only, 'full' all layers, '+mix' with Mixup/CutMix):\n  "
             + "\n  ".join(lines)
             + ("\nsettings that follow the epochs a run plans (a flag given keeps its value):\n  "
-               + "\n  ".join(by_epochs) if by_epochs else ""))
+               + "\n  ".join(follow) if follow else ""))
 
 
 def train_parser() -> argparse.ArgumentParser:
