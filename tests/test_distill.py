@@ -286,10 +286,10 @@ def test_teachers_run_in_the_students_precision(precision, expected, teachers, t
                                                 monkeypatch):
     """The teachers are not prepared by Accelerate, whose autocast wraps only the student: their
     passes (training steps and the test set's vote) still run in the run's precision."""
-    import cifar10_levels.train.trainer as trainer
+    import cifar10_levels.train.setup as setup
 
     seen = {"student": [], "teachers": []}
-    create_model, init = trainer.create_model, Teachers.__init__
+    create_model, init = setup.create_model, Teachers.__init__
 
     def recording_model(*args, **kwargs):
         model = create_model(*args, **kwargs)
@@ -302,7 +302,7 @@ def test_teachers_run_in_the_students_precision(precision, expected, teachers, t
             first_layer(teacher.model).register_forward_pre_hook(
                 lambda *_: seen["teachers"].append(autocast_seen()))
 
-    monkeypatch.setattr(trainer, "create_model", recording_model)
+    monkeypatch.setattr(setup, "create_model", recording_model)
     monkeypatch.setattr(Teachers, "__init__", recording_init)
     train(tiny_cifar, tmp_path / "out", "--level", "5", "--teachers", teachers, *STUDENT,
           "--train-limit", "16", *ONE_EPOCH, "--mixed-precision", precision)

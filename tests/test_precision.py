@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cifar10_levels.runtime import precision
-from cifar10_levels.train import trainer
+from cifar10_levels.train import setup, trainer
 from cifar10_levels.cli.train import train_main
 from cifar10_levels.recipes import get_recipe
 
@@ -28,7 +28,7 @@ SMALL = ["--arch", "test_resnet", "--train-limit", "160", "--eval-limit", "20", 
 def recorded(monkeypatch):
     """The Trainer of an in-process run, and the dtypes its classifier computed in while training."""
     seen = {"dtypes": set()}
-    create_model, finish = trainer.create_model, trainer.Trainer.finish
+    create_model, finish = setup.create_model, trainer.Trainer.finish
 
     def create_recording(*args, **kwargs):
         model = create_model(*args, **kwargs)
@@ -43,7 +43,7 @@ def recorded(monkeypatch):
         seen["trainer"] = self
         return finish(self, seconds)
 
-    monkeypatch.setattr(trainer, "create_model", create_recording)
+    monkeypatch.setattr(setup, "create_model", create_recording)
     monkeypatch.setattr(trainer.Trainer, "finish", finish_recording)
     from accelerate.state import AcceleratorState, GradientState
 
