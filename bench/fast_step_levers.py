@@ -1,6 +1,6 @@
 """Levers on the fast recipe's training step on this CPU, as ratios against the plain step run in the
 same rounds: smaller training images (progressive resizing), weight gradients of the small convs as
-shifted matmuls, narrower conv groups, and torch.compile.
+shifted matmuls, narrower conv groups, fewer Newton-Schulz iterations in Muon, and torch.compile.
 
     python bench/fast_step_levers.py --repeats 5            # add --compile for torch.compile (~1 min)
 
@@ -9,12 +9,14 @@ batch 500 in bf16 autocast and channels_last, on random images. The rounds alter
 prints its median step time and the per-round ratio baseline / candidate (> 1: the lever is faster).
 `shifted weight grad` computes the weight gradient of every 3x3 conv whose input is at most
 --shifted-max-px wide as 9 matmuls of the output gradient with shifted views of the input, instead of
-oneDNN's kernel (an experiment: train.py does not use it).
+oneDNN's kernel (an experiment: train.py does not use it). `N Newton-Schulz iterations` runs Muon's
+orthogonalization with N iterations instead of the recipe's 5 (airbench94_muon uses 3).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import time
 from typing import Callable
 
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from measure import environment_header, interleave, ratio
 
 import cifar10_levels.models.speednet as speednet
+import cifar10_levels.optim.muon as muon
 from cifar10_levels.optim.factory import build_optimizer
 from cifar10_levels.recipes import LEVELS
 
@@ -62,7 +65,11 @@ def shifted_forward(max_px: int) -> Callable:
     return forward
 
 
-def make_step(base, batch: int, px: int, conv_forward: Callable, compiled: bool = False):
+ORTHOGONALIZE = muon.orthogonalize
+
+
+def make_step(base, batch: int, px: int, conv_forward: Callable, compiled: bool = False,
+              ns_steps: int = 5):
     """A step function of its own copy of the model and optimizer; returns (step, first step seconds)."""
     model = copy.deepcopy(base)
     optimizer = build_optimizer(model, LEVELS["fast"], LEVELS["fast"].phases[0].lr)
@@ -72,6 +79,7 @@ def make_step(base, batch: int, px: int, conv_forward: Callable, compiled: bool 
 
     def step() -> float:
         speednet.IdentityConv.forward = conv_forward
+        muon.orthogonalize = functools.partial(ORTHOGONALIZE, steps=ns_steps)
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = forward(images)
@@ -100,6 +108,8 @@ def main() -> None:
     p.add_argument("--widths", nargs="*", default=["64,192,192", "48,160,160"],
                    help="narrower conv-group widths to time, each as A,B,C (the recipe's: 64,256,256)")
     p.add_argument("--shifted-max-px", type=int, default=7)
+    p.add_argument("--ns-steps", type=int, nargs="*", default=[3],
+                   help="Newton-Schulz iterations in Muon to time (the recipe's: 5)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (compile time shown apart)")
     args = p.parse_args()
     print(environment_header())
@@ -115,6 +125,9 @@ def main() -> None:
             initialised_net(widths, args.batch), args.batch, 32, plain_forward)
     candidates[f"shifted weight grad (convs at <= {args.shifted_max_px} px)"], _ = make_step(
         base, args.batch, 32, shifted_forward(args.shifted_max_px))
+    for steps in args.ns_steps:
+        candidates[f"{steps} Newton-Schulz iterations"], _ = make_step(
+            base, args.batch, 32, plain_forward, ns_steps=steps)
     if args.compile:
         name = "torch.compile (inductor)"
         candidates[name], first = make_step(base, args.batch, 32, plain_forward, compiled=True)

@@ -220,5 +220,6 @@ def test_shifted_weight_grad_conv_matches_autograd(monkeypatch):
 @pytest.mark.slow
 def test_fast_step_levers_prints_each_candidate_against_the_baseline():
     out = bench("fast_step_levers.py", "--batch", "16", "--repeats", "1", "--sizes", "24")
-    for name in ("baseline: 32 px, oneDNN", "24 px training images", "shifted weight grad (convs at <= 7 px)"):
+    for name in ("baseline: 32 px, oneDNN", "24 px training images", "shifted weight grad (convs at <= 7 px)",
+                 "3 Newton-Schulz iterations"):
         assert_measured(*table_row(out, name)[1:3])
