@@ -47,9 +47,15 @@ class Tuning:
     lr: float                      # every phase's peak learning rate
     label_smoothing: float
     whiten_bias_fraction: float
+    batch_size: int                # per device; a --time-budget run re-times its plan at it
+    weight_decay: float
+    crop_fill: str
+    flip_alternate: bool
 
 
-TUNED_FIELDS = ("label_smoothing", "whiten_bias_fraction")  # a Tuning's fields besides lr, as Recipe's
+# a Tuning's fields besides epochs and lr, by where the Recipe keeps them
+TUNED_FIELDS = ("label_smoothing", "whiten_bias_fraction", "batch_size", "weight_decay")
+TUNED_AUGMENT_FIELDS = ("crop_fill", "flip_alternate")
 
 
 @dataclass(frozen=True)
@@ -117,12 +123,14 @@ class Recipe:
         """This recipe with the by_epochs row for a run of `epochs` planned epochs; a field named in
         `pinned` (a train.py flag the user gave: lr, label_smoothing, ...) keeps its value."""
         row = self.row_for(epochs)
-        if row is None or {"lr", *TUNED_FIELDS} <= pinned:
+        if row is None or {"lr", *TUNED_FIELDS, *TUNED_AUGMENT_FIELDS} <= pinned:
             return self
         changes = {name: getattr(row, name) for name in TUNED_FIELDS if name not in pinned}
         if "lr" not in pinned:
             changes["phases"] = tuple(dataclasses.replace(p, lr=row.lr) for p in self.phases)
-        return dataclasses.replace(self, **changes, tuned_for=epochs)
+        augment = {name: getattr(row, name) for name in TUNED_AUGMENT_FIELDS if name not in pinned}
+        return dataclasses.replace(self, **changes, augment=dataclasses.replace(self.augment, **augment),
+                                   tuned_for=epochs)
 
     def net_for_budget(self, epochs: float, pinned: frozenset[str] = frozenset()) -> str | None:
         """The net a --time-budget run trains instead of `arch` when the plan buys `arch` `epochs`
@@ -139,8 +147,10 @@ class Recipe:
             return None
         lrs = "/".join(f"{p.lr:g}" for p in self.phases)
         return (f"settings for {self.tuned_for:.2f} planned epochs (the level's row from "
-                f"{self.row_for(self.tuned_for).epochs:g}): lr {lrs}, label smoothing "
-                f"{self.label_smoothing:g}, whitening bias over {self.whiten_bias_fraction:g} of the steps")
+                f"{self.row_for(self.tuned_for).epochs:g}): lr {lrs}, "
+                + settings_text(self.batch_size, self.weight_decay, self.label_smoothing,
+                                self.whiten_bias_fraction, self.augment.crop_fill,
+                                self.augment.flip_alternate))
 
     @property
     def epochs(self) -> int:
@@ -149,6 +159,15 @@ class Recipe:
     def mixes(self, phase: Phase) -> bool:
         """Whether Mixup/CutMix runs in `phase`: the phase asks for it and the policy has an alpha."""
         return phase.mix and (self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0)
+
+
+def settings_text(batch_size: int, weight_decay: float, label_smoothing: float,
+                  whiten_bias_fraction: float, crop_fill: str, flip_alternate: bool) -> str:
+    """A by_epochs row's values besides lr, as train.py --help and a run's console name them."""
+    fill = "reflect" if crop_fill == "reflect" else "zero"
+    flip = "alternating" if flip_alternate else "random"
+    return (f"batch {batch_size}, weight decay {weight_decay:g}, label smoothing {label_smoothing:g}, "
+            f"whitening bias over {whiten_bias_fraction:g} of the steps, {fill}-fill crop, {flip} flip")
 
 
 def _two_phases(p2_epochs: int, p2_lr: float, mix: bool = False) -> tuple[Phase, ...]:

@@ -3,6 +3,7 @@ command line is read, the row for what --time-budget buys once the plan is made;
 keeps its value; config.yaml records what ran, so --config and --resume repeat it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,9 +14,12 @@ from cifar10_levels.recipes import LEVELS, Phase, Recipe, Tuning
 from cifar10_levels.runtime.time_budget import RunCosts
 
 from helpers.budget import SMALL, run
+from helpers.commands import TINY_TRAIN
 
-SHORT, LONG = Tuning(2.0, lr=3e-3, label_smoothing=0.1, whiten_bias_fraction=0.5), \
-    Tuning(3.5, lr=5e-3, label_smoothing=0.05, whiten_bias_fraction=0.25)
+SHORT = Tuning(2.0, lr=3e-3, label_smoothing=0.1, whiten_bias_fraction=0.5, batch_size=8, weight_decay=0.02,
+               crop_fill="constant", flip_alternate=False)
+LONG = Tuning(3.5, lr=5e-3, label_smoothing=0.05, whiten_bias_fraction=0.25, batch_size=16,
+              weight_decay=0.03, crop_fill="reflect", flip_alternate=True)
 RUN = "L1-test_resnet-s42"
 # 60 s buys 0.7 + 2.2 = 2.9 epochs of --epochs 1 3 (test_time_budget's worked example): the SHORT row,
 # where the same --epochs without a budget, 4 epochs, take the LONG one
@@ -26,6 +30,13 @@ PLANNED = ["--epochs", "1", "3", "--time-budget", "1m"]
 @pytest.fixture
 def level_with_rows(monkeypatch):
     monkeypatch.setitem(LEVELS, "1", LEVELS["1"].with_overrides(by_epochs=(SHORT, LONG)))
+
+
+def without_batch(flags) -> tuple[str, ...]:
+    """`flags` less --batch-size and its value: the level's batch (or its row's) applies."""
+    flags = list(flags)
+    at = flags.index("--batch-size")
+    return tuple(flags[:at] + flags[at + 2:])
 
 
 def lrs(recipe: Recipe) -> list[float]:
@@ -41,10 +52,15 @@ def test_the_last_row_the_epochs_reach_sets_every_field_but_the_pinned_ones():
     assert short.tuned_for == 3.49
     long = recipe.tuned(40)
     assert (lrs(long), long.label_smoothing, long.whiten_bias_fraction) == ([5e-3], 0.05, 0.25)
-    pinned = recipe.tuned(40, frozenset({"lr", "label_smoothing"}))
+    assert (long.batch_size, long.weight_decay, long.augment.crop_fill, long.augment.flip_alternate) == \
+        (16, 0.03, "reflect", True)
+    assert long.augment.crop_padding == recipe.augment.crop_padding
+    pinned = recipe.tuned(40, frozenset({"lr", "label_smoothing", "batch_size", "crop_fill"}))
     assert (lrs(pinned), pinned.label_smoothing, pinned.whiten_bias_fraction) == ([0.1], 0.2, 0.25)
+    assert (pinned.batch_size, pinned.weight_decay, pinned.augment.crop_fill) == (128, 0.03, "constant")
     assert pinned.tuning_line() == ("settings for 40.00 planned epochs (the level's row from 3.5): lr 0.1, "
-                                    "label smoothing 0.2, whitening bias over 0.25 of the steps")
+                                    "batch 128, weight decay 0.03, label smoothing 0.2, whitening bias over "
+                                    "0.25 of the steps, zero-fill crop, alternating flip")
 
 
 def test_epochs_on_the_command_line_take_their_row_and_a_given_flag_keeps_its_value(level_with_rows):
@@ -75,10 +91,29 @@ def test_a_budget_run_takes_the_row_of_the_epochs_it_plans_and_records_it(level_
     assert recipe["tuned_for"] == pytest.approx(2.9)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["lr"] == [3e-3, 3e-3] and saved["label_smoothing"] == 0.1 and saved["time_budget"] == 60
-    assert "settings for 2.90 planned epochs (the level's row from 2): lr 0.003/0.003, label smoothing " \
-           "0.1" in capsys.readouterr().out
+    assert "settings for 2.90 planned epochs (the level's row from 2): lr 0.003/0.003, batch 8, weight " \
+           "decay 0.02, label smoothing 0.1" in capsys.readouterr().out
     # the head phase's schedule (0.7 epochs) starts at the row's lr
     assert json.loads((run_dir / "history.jsonl").read_text().splitlines()[0])["lr"] < 3e-3
+
+
+@pytest.mark.slow
+def test_a_row_with_another_batch_times_the_plan_again_at_it(monkeypatch, tiny_cifar, tmp_path, capsys):
+    # batch 8 buys 2.9 epochs (20 steps an epoch), which take a row of batch 16: 10 steps an epoch at
+    # the same cost a step, so the plan timed again buys more epochs, and the run trains them
+    rebatch = dataclasses.replace(SHORT, batch_size=16)
+    monkeypatch.setitem(LEVELS, "1", LEVELS["1"].with_overrides(batch_size=8, by_epochs=(rebatch,)))
+    assert run(tiny_cifar, tmp_path, COSTS, *PLANNED, measure=False, small=without_batch(SMALL),
+               tiny=without_batch(TINY_TRAIN)) == 0
+    results = json.loads((tmp_path / RUN / "results.json").read_text())
+    plan = results["time_budget"]
+    assert plan["retimed_from"] == {"batch_size": 8, "planned_epochs": pytest.approx(2.9)}
+    epochs = sum(plan["planned_epochs"].values())
+    assert epochs > 2.9 and sum(plan["planned_steps"].values()) == pytest.approx(epochs * 10)
+    assert results["recipe"]["batch_size"] == 16 and results["recipe"]["tuned_for"] == pytest.approx(2.9)
+    assert yaml.safe_load((tmp_path / RUN / "config.yaml").read_text())["batch_size"] == 16
+    out = capsys.readouterr().out
+    assert "global batch 16" in out and "batch 8 bought 2.90 epochs, which took the row" in out
 
 
 @pytest.mark.slow
@@ -95,11 +130,15 @@ def test_help_lists_each_levels_rows(level_with_rows):
     from cifar10_levels.cli.train import levels_table
 
     table = levels_table()
-    assert "level 1, from 2 planned epochs (--epochs, or what --time-budget buys): lr 0.003, smooth 0.1, " \
-           "whitening bias over 0.5 of the steps" in table
+    assert "level 1, from 2 planned epochs (--epochs, or what --time-budget buys): lr 0.003, batch 8, " \
+           "weight decay 0.02, label smoothing 0.1, whitening bias over 0.5 of the steps, zero-fill crop, " \
+           "random flip" in table
     assert "level 1, from 3.5 planned epochs" in table
 
 
 def test_a_row_whose_every_value_the_user_gave_leaves_the_recipe_as_it_is():
     recipe = LEVELS["1"].with_overrides(by_epochs=(SHORT,))
-    assert recipe.tuned(5, frozenset({"lr", "label_smoothing", "whiten_bias_fraction"})) == recipe
+    every = frozenset({"lr", "label_smoothing", "whiten_bias_fraction", "batch_size", "weight_decay",
+                       "crop_fill", "flip_alternate"})
+    assert recipe.tuned(5, every) == recipe
+    assert recipe.tuned(5, every - {"flip_alternate"}) != recipe

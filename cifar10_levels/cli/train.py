@@ -8,7 +8,7 @@ from .arguments import Parser, duration, finite_float, non_negative_int, positiv
 from .config_file import blamed_on, given_on_command_line, parse_with_file, read_config_file, resume_changes
 from ..checkpoint.meta import BEST_NAME
 from ..errors import UserError, exits_cleanly_on_user_error
-from ..recipes import LEVELS, Recipe, get_recipe
+from ..recipes import LEVELS, Recipe, get_recipe, settings_text
 from ..train.config import RunConfig
 
 
@@ -48,8 +48,9 @@ def levels_table() -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
     follow = [f"level {name}, from {row.epochs:g} planned epochs (--epochs, or what --time-budget "
-              f"buys): lr {row.lr:g}, smooth {row.label_smoothing:g}, whitening bias over "
-              f"{row.whiten_bias_fraction:g} of the steps"
+              f"buys): lr {row.lr:g}, " + settings_text(row.batch_size, row.weight_decay,
+                                                        row.label_smoothing, row.whiten_bias_fraction,
+                                                        row.crop_fill, row.flip_alternate)
               for name, r in LEVELS.items() for row in r.by_epochs]
     follow += [f"level {name}, where --time-budget buys {r.arch} fewer than {r.budget_net.below_epochs:g} "
                f"epochs: the net {r.budget_net.arch} (a given --arch keeps its net)"

@@ -93,6 +93,9 @@ class BudgetPlan:
     # (net, epochs): the recipe's own net and the epochs the budget bought it, where the run trains
     # Recipe.budget_net instead
     instead_of: tuple[str, float] = ()
+    # (batch, epochs): the batch the plan was first timed at and the epochs it bought, where the
+    # Recipe.by_epochs row for those epochs set another batch and the plan was timed again at it
+    retimed_from: tuple[int, float] = ()
 
     @classmethod
     def make(cls, budget_seconds: float, recipe: Recipe, steps_per_epoch: int, images_per_step: int,
@@ -190,6 +193,14 @@ class BudgetPlan:
         return (f"net: {recipe.arch}, not the level's {net}: the budget buys {net} {epochs:.2f} epochs, "
                 f"fewer than the {recipe.budget_net.below_epochs:g} from which it trains better")
 
+    def retimed_line(self) -> str | None:
+        """Why the plan's epochs differ from the row's, on the console; None where it was timed once."""
+        if not self.retimed_from:
+            return None
+        batch, epochs = self.retimed_from
+        return (f"time budget: timed again at the row's batch; batch {batch} bought {epochs:.2f} epochs, "
+                f"which took the row")
+
     def change_line(self, before: "BudgetPlan", phase: int) -> str:
         """What a re-plan from `before` changed, on the console."""
         pace = "slower" if self.steps[phase] < before.steps[phase] else "faster"
@@ -205,7 +216,9 @@ class BudgetPlan:
                 "planned_epochs": {n: self.epochs(i) for i, n in enumerate(self.phase_names)},
                 "train_images_per_s": self.train_images_per_s, "costs": asdict(self.costs),
                 **({"instead_of": {"arch": self.instead_of[0], "planned_epochs": self.instead_of[1]}}
-                   if self.instead_of else {})}
+                   if self.instead_of else {}),
+                **({"retimed_from": {"batch_size": self.retimed_from[0],
+                                     "planned_epochs": self.retimed_from[1]}} if self.retimed_from else {})}
 
 
 class TrainingLength:

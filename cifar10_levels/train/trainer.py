@@ -72,7 +72,10 @@ class Trainer:
     def _setup_data(self) -> None:
         config = self.config
         self.data = load_cifar10(config.dataset, config.train_limit, config.eval_limit)
-        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * config.grad_accum
+        self._setup_batch()
+
+    def _setup_batch(self) -> None:
+        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * self.config.grad_accum
         if problem := batch_too_large(self.recipe.batch_size, self.accelerator.num_processes,
                                       len(self.data.train), self.data.source):
             raise UserError(problem)
@@ -122,8 +125,12 @@ class Trainer:
             if arch := self.recipe.net_for_budget(bought[1], config.pinned):
                 self.adopt(config.with_net(arch), new_model=True)
                 self.plan = dataclasses.replace(self.budget_plan(), instead_of=bought)
-            self.state.budget_plan = self.plan.to_dict()
+            batch = self.recipe.batch_size
             self.adopt(self.config.tuned_for(self.plan.total_epochs))  # once: re-plans change the length only
+            if self.recipe.batch_size != batch:  # the row's batch: its steps timed anew
+                self.plan = dataclasses.replace(self.budget_plan(), instead_of=self.plan.instead_of,
+                                                retimed_from=(batch, self.plan.total_epochs))
+            self.state.budget_plan = self.plan.to_dict()
         else:
             self.plan = None
         self.replans = self.plan is not None and not config.resume
@@ -137,12 +144,17 @@ class Trainer:
                         images_per_step=self.global_batch, run_dir=self.run_dir)
 
     def adopt(self, config: RunConfig, new_model: bool = False) -> None:
-        """`config` from here on: its net built anew when `new_model`, its augmentation and losses."""
+        """`config` from here on: its net built anew when `new_model`, its augmentation and losses, and
+        its loaders where its batch differs."""
         if config != self.config or new_model:
+            rebatched = config.recipe.batch_size != self.recipe.batch_size
             self.config, self.recipe, self.store.recipe = config, config.recipe, config.recipe
             if new_model:
                 self._setup_model()
             self._setup_augmentation()
+            if rebatched:
+                self._setup_batch()
+                self._setup_loaders()
 
     def _setup_logging(self) -> None:
         """The slow-run warning, the run log with the configuration its trackers record, and the step
@@ -243,7 +255,8 @@ class Trainer:
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
                    f"{self.config.grad_accum} accumulation = global batch {self.global_batch}")
         for line in (self.amp.measured and self.amp.measured.line(), self.plan and self.plan.line(),
-                     self.plan and self.plan.net_line(recipe), recipe.tuning_line()):
+                     self.plan and self.plan.net_line(recipe), recipe.tuning_line(),
+                     self.plan and self.plan.retimed_line()):
             if line:
                 self.print(line)
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "

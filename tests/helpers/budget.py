@@ -20,10 +20,12 @@ LR = ("--lr", "1e-2", "1e-2")
 
 
 def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | None = None,
-        measure: bool = True, replan: bool = False, small: tuple[str, ...] = (*SMALL, *LR)) -> int:
+        measure: bool = True, replan: bool = False, small: tuple[str, ...] = (*SMALL, *LR),
+        tiny: tuple[str, ...] = tuple(TINY_TRAIN)) -> int:
     """train.py in this process, the plan made from `costs` (after the real measurement when
     `measure`); `stop_at`: SIGTERM's path (save, exit 143) taken at that global step; `replan`: the
-    trainer re-plans after each epoch as it would (the clock stands still at `costs.spent_seconds`)."""
+    trainer re-plans after each epoch as it would (the clock stands still at `costs.spent_seconds`);
+    `small` and `tiny`: the flags that keep the run small (each pins the values it gives)."""
     from accelerate.state import AcceleratorState, GradientState
 
     def fake_costs(*probe_args, **probe_kwargs) -> RunCosts:
@@ -47,5 +49,5 @@ def run(dataset: Path, out: Path, costs: RunCosts, *args: str, stop_at: int | No
         if not replan:  # the clock stands still, so re-planning (test_time_budget's own tests)
             patch.setattr(trainer, "replan", lambda plan, *pace: plan)  # would see a run far ahead
         patch.setattr(step_hooks.StepHooks, "after_step", stopping_after_step)
-        return train_main(["--dataset", str(dataset), "--output-dir", str(out), *TINY_TRAIN, *small,
+        return train_main(["--dataset", str(dataset), "--output-dir", str(out), *tiny, *small,
                            "--mixed-precision", "no", *args])
