@@ -119,10 +119,14 @@ class Recipe:
         rows = [row for row in self.by_epochs if row.epochs <= epochs]
         return rows[-1] if rows else None
 
-    def tuned(self, epochs: float, pinned: frozenset[str] = frozenset()) -> "Recipe":
+    def tuned(self, epochs: float, pinned: frozenset[str] = frozenset(),
+              largest_batch: int | None = None) -> "Recipe":
         """This recipe with the by_epochs row for a run of `epochs` planned epochs; a field named in
-        `pinned` (a train.py flag the user gave: lr, label_smoothing, ...) keeps its value."""
+        `pinned` (a train.py flag the user gave: lr, label_smoothing, ...) keeps its value, and so does
+        the batch where the row's is above `largest_batch` (the training images of one process)."""
         row = self.row_for(epochs)
+        if row is not None and largest_batch is not None and row.batch_size > largest_batch:
+            pinned = pinned | {"batch_size"}
         if row is None or {"lr", *TUNED_FIELDS, *TUNED_AUGMENT_FIELDS} <= pinned:
             return self
         changes = {name: getattr(row, name) for name in TUNED_FIELDS if name not in pinned}

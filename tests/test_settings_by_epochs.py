@@ -55,6 +55,9 @@ def test_the_last_row_the_epochs_reach_sets_every_field_but_the_pinned_ones():
     assert (long.batch_size, long.weight_decay, long.augment.crop_fill, long.augment.flip_alternate) == \
         (16, 0.03, "reflect", True)
     assert long.augment.crop_padding == recipe.augment.crop_padding
+    small_split = recipe.tuned(40, largest_batch=15)  # the row's batch 16 would not fit one process
+    assert (small_split.batch_size, small_split.weight_decay) == (128, 0.03)
+    assert recipe.tuned(40, largest_batch=16).batch_size == 16
     pinned = recipe.tuned(40, frozenset({"lr", "label_smoothing", "batch_size", "crop_fill"}))
     assert (lrs(pinned), pinned.label_smoothing, pinned.whiten_bias_fraction) == ([0.1], 0.2, 0.25)
     assert (pinned.batch_size, pinned.weight_decay, pinned.augment.crop_fill) == (128, 0.03, "constant")

@@ -261,7 +261,12 @@ def config_from_args(args: argparse.Namespace, pinned: frozenset[str] = frozense
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
                 if f.name not in ("recipe", "resume", "resume_auto", "pinned")}
     config = RunConfig(recipe=recipe_from_args(args), pinned=pinned, **settings)
-    return config if args.time_budget else config.tuned_for(config.recipe.epochs)
+    if args.time_budget:
+        return config
+    from ..train.preflight import launched_processes, train_images_before_loading
+
+    largest_batch = train_images_before_loading(config) // launched_processes()
+    return config.tuned_for(config.recipe.epochs, largest_batch)
 
 
 @dataclasses.dataclass(frozen=True)

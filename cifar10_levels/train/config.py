@@ -63,10 +63,10 @@ class RunConfig:
     def name(self) -> str:
         return run_name(self.recipe, self.run_name)
 
-    def tuned_for(self, epochs: float) -> "RunConfig":
+    def tuned_for(self, epochs: float, largest_batch: int) -> "RunConfig":
         """This run with its recipe's settings for `epochs` planned epochs (Recipe.by_epochs); the flags
-        the user gave keep their values."""
-        return dataclasses.replace(self, recipe=self.recipe.tuned(epochs, self.pinned))
+        the user gave keep their values, and so does a batch above `largest_batch`."""
+        return dataclasses.replace(self, recipe=self.recipe.tuned(epochs, self.pinned, largest_batch))
 
     def with_net(self, arch: str) -> "RunConfig":
         """This run training `arch` (Recipe.budget_net), under the name and in the directory its

@@ -99,11 +99,19 @@ def batch_problems(config: RunConfig) -> list[str | None]:
         problems.append(f"--batch-size {batch}: Mixup/CutMix (phase '{mixing[0]}') pairs images, so "
                         f"the batch must be even; use {batch - 1} or {batch + 1}, or turn mixing off "
                         "with --mixup-alpha 0 --cutmix-alpha 0")
-    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
-    train_images = min(config.train_limit or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
+    processes, train_images = launched_processes(), train_images_before_loading(config)
     what = f"--train-limit {config.train_limit}" if config.train_limit else "CIFAR-10's training split"
     problems.append(batch_too_large(batch, processes, train_images, what))
     return problems
+
+
+def launched_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+
+
+def train_images_before_loading(config: RunConfig) -> int:
+    """The training split's size as the flags tell it, before the data is read."""
+    return min(config.train_limit or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
 
 
 def batch_too_large(batch: int, processes: int, train_images: int, what: str) -> str | None:

@@ -126,7 +126,9 @@ class Trainer:
                 self.adopt(config.with_net(arch), new_model=True)
                 self.plan = dataclasses.replace(self.budget_plan(), instead_of=bought)
             batch = self.recipe.batch_size
-            self.adopt(self.config.tuned_for(self.plan.total_epochs))  # once: re-plans change the length only
+            largest = len(self.data.train) // self.accelerator.num_processes
+            # once: the later re-plans change the run's length only
+            self.adopt(self.config.tuned_for(self.plan.total_epochs, largest))
             if self.recipe.batch_size != batch:  # the row's batch: its steps timed anew
                 self.plan = dataclasses.replace(self.budget_plan(), instead_of=self.plan.instead_of,
                                                 retimed_from=(batch, self.plan.total_epochs))
