@@ -20,7 +20,7 @@ from ..files import check_writable_dir, ensure_writable_dir, remove_stale_tempor
 from ..recipes import Recipe
 from .resume_state import EMA_FILE, TRAIN_STATE_FILE, read_ema, read_train_state, save_ema, \
     state_problem, write_recipe
-from .run_dir import STATE_DIR, clear_run_dir, find_state_dir, nothing_to_resume, replace_dir
+from .run_dir import RESULTS_NAME, STATE_DIR, clear_run_dir, find_state_dir, nothing_to_resume, replace_dir
 from .state_dict import clean_state_dict, load_full_state_dict
 from .train_state import TrainState
 
@@ -41,6 +41,10 @@ def make_checkpoint_meta(recipe: Recipe, class_names: list[str], epoch: int, val
                           class_names=class_names, mean=list(r.mean), std=list(r.std), seed=r.seed,
                           epoch=epoch, val_acc=val_acc, test_acc=test_acc, recipe=r.to_dict(),
                           weights=weights, distilled_from=distilled_from)
+
+
+class RunFinished(Exception):
+    """--resume auto of a finished run: nothing to do, and no error (a requeued job ends cleanly)."""
 
 
 class RunStore:
@@ -71,6 +75,17 @@ class RunStore:
             return
         if not on_every_process(self.accelerator, self.state_dir is not None):
             raise UserError(nothing_to_resume(self.run_dir, on_another_machine=self.state_dir is not None))
+
+    def check_unfinished(self, epochs_left: bool, auto: bool, report) -> None:
+        """--resume of a run with results.json and no epochs left: left as it is (re-evaluating it is
+        cifar10-evaluate's job); `auto` (--resume auto): `report` says so and RunFinished is raised."""
+        done = (self.run_dir / RESULTS_NAME).is_file() and not epochs_left
+        if not on_every_process(self.accelerator, not done):
+            if auto:
+                report(f"--resume auto: the run in {self.run_dir} is finished ({RESULTS_NAME}); nothing to do")
+                raise RunFinished()
+            raise UserError(f"--resume: the run in {self.run_dir} is finished ({RESULTS_NAME}) and is "
+                            f"left as it is; evaluate it again with cifar10-evaluate --weights {self.run_dir}")
 
     def prepare_output_dir(self) -> None:
         """Shared disk: the global main writes. Machine-local disks: each machine's main keeps a copy

@@ -329,7 +329,8 @@ def train_main(argv: list[str] | None = None) -> int:
         hub_token = check_push_ready(config.push_to_hub)
     from ..checkpoint.run_lock import locked_run_dir
     from ..train.step_hooks import Stopped
-    from ..train.trainer import RunFinished, Trainer
+    from ..checkpoint.run_store import RunFinished
+    from ..train.trainer import Trainer
 
     with locked_run_dir(config.run_dir):
         try:

@@ -185,6 +185,10 @@ class BudgetPlan:
                 f"{c.final_eval_seconds:.1f}s, {c.spent_seconds:.0f}s before training; planned end at "
                 f"{format_duration(self.planned_seconds)})")
 
+    def lines(self, recipe: Recipe) -> tuple[str, ...]:
+        """The plan, and why the run trains another net or was timed again, on the console."""
+        return tuple(line for line in (self.line(), self.net_line(recipe), self.retimed_line()) if line)
+
     def net_line(self, recipe: Recipe) -> str | None:
         """Why the run trains recipe.budget_net, on the console; None where it trains its own net."""
         if not self.instead_of:

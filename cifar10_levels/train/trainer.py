@@ -10,7 +10,7 @@ from accelerate import skip_first_batches
 from accelerate.utils import set_seed
 
 from ..checkpoint.run_dir import RESULTS_NAME, STATE_DIR
-from ..checkpoint.run_store import RunStore, make_checkpoint_meta, on_every_process
+from ..checkpoint.run_store import RunStore, make_checkpoint_meta
 from ..checkpoint.train_state import TrainState
 from ..data.augment import TrainAugment
 from ..data.normalize import Normalizer
@@ -36,10 +36,6 @@ from .loop import EpochStats, train_one_epoch
 from .preflight import batch_too_large
 from .setup import make_accelerator, make_loaders, make_losses, make_model
 from .step_hooks import Diverged, StepHooks, StopFlag, Stopped
-
-
-class RunFinished(Exception):
-    """--resume auto of a finished run: nothing to do, and no error (a requeued job ends cleanly)."""
 
 
 class Trainer:
@@ -72,13 +68,6 @@ class Trainer:
     def _setup_data(self) -> None:
         config = self.config
         self.data = load_cifar10(config.dataset, config.train_limit, config.eval_limit)
-        self._setup_batch()
-
-    def _setup_batch(self) -> None:
-        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * self.config.grad_accum
-        if problem := batch_too_large(self.recipe.batch_size, self.accelerator.num_processes,
-                                      len(self.data.train), self.data.source):
-            raise UserError(problem)
 
     def _setup_teachers(self) -> None:
         """--teachers, on every process, before the seeded steps: building a model draws from the
@@ -102,6 +91,11 @@ class Trainer:
         self.hard_loss, self.soft_loss = make_losses(recipe)
 
     def _setup_loaders(self) -> None:
+        """The batch over every process, checked against the data, and the loaders."""
+        self.global_batch = self.recipe.batch_size * self.accelerator.num_processes * self.config.grad_accum
+        if problem := batch_too_large(self.recipe.batch_size, self.accelerator.num_processes,
+                                      len(self.data.train), self.data.source):
+            raise UserError(problem)
         loaders = make_loaders(self.data, self.recipe)
         self.train_loader, self.val_loader, self.test_loader = loaders.train, loaders.val, loaders.test
 
@@ -155,7 +149,6 @@ class Trainer:
                 self._setup_model()
             self._setup_augmentation()
             if rebatched:
-                self._setup_batch()
                 self._setup_loaders()
 
     def _setup_logging(self) -> None:
@@ -256,9 +249,8 @@ class Trainer:
         self.print(f"hardware: {self.hardware}, precision {self.amp.name}; "
                    f"batch {recipe.batch_size}/device x {accelerator.num_processes} process(es) x "
                    f"{self.config.grad_accum} accumulation = global batch {self.global_batch}")
-        for line in (self.amp.measured and self.amp.measured.line(), self.plan and self.plan.line(),
-                     self.plan and self.plan.net_line(recipe), recipe.tuning_line(),
-                     self.plan and self.plan.retimed_line()):
+        plan_lines = self.plan.lines(recipe) if self.plan else ()
+        for line in (self.amp.measured and self.amp.measured.line(), *plan_lines, recipe.tuning_line()):
             if line:
                 self.print(line)
         self.print(f"data: {self.data.source}: train {len(self.data.train)}, val {len(self.data.val)}, "
@@ -275,17 +267,9 @@ class Trainer:
         cifar10-evaluate's job), and the saved files fit the model and the optimizer of the phase that
         goes on (built here as prepare_phase builds it)."""
         state = self.state
-        left = any(self.length.epochs(i) > (state.epoch if i == state.phase else 0)
-                   for i in range(state.phase, len(self.recipe.phases)))
-        done = (self.run_dir / RESULTS_NAME).is_file() and not left
-        if not on_every_process(self.accelerator, not done):
-            if self.config.resume_auto:
-                self.print(f"--resume auto: the run in {self.run_dir} is finished ({RESULTS_NAME}); "
-                           "nothing to do")
-                raise RunFinished()
-            raise UserError(f"--resume: the run in {self.run_dir} is finished ({RESULTS_NAME}) and is "
-                            f"left as it is; evaluate it again with cifar10-evaluate --weights "
-                            f"{self.run_dir}")
+        self.store.check_unfinished(any(self.length.epochs(i) > (state.epoch if i == state.phase else 0)
+                                        for i in range(state.phase, len(self.recipe.phases))),
+                                    self.config.resume_auto, self.print)
         index = next((i for i in range(state.phase, len(self.recipe.phases))
                       if self.length.epochs(i) > 0), state.phase)
         set_backbone_trainable(self.base_model, self.recipe.phases[index].train_backbone)
